@@ -1,0 +1,8 @@
+"""nano-gpt: train, evaluate, sample from and export GPT-2 models."""
+
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.generate import generate
+from nano_gpt.model import GPT, PRESETS, GPTConfig
+from nano_gpt.tokenizer import get_tokenizer
+
+__all__ = ["GPT", "GPTConfig", "PRESETS", "NanoGPTError", "generate", "get_tokenizer"]

@@ -1,0 +1,3 @@
+from nano_gpt.cli import main
+
+main()

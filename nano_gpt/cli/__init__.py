@@ -1,0 +1,58 @@
+"""The `nano-gpt` command line: a thin Typer layer over the library, one module per subcommand."""
+
+import logging
+import sys
+
+import typer
+from rich.logging import RichHandler
+
+from nano_gpt.errors import NanoGPTError
+
+app = typer.Typer(
+    name="nano-gpt",
+    help="Train, evaluate, sample from and export GPT-2 models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+_debug = False
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Log at DEBUG level and show tracebacks on errors."),
+) -> None:
+    global _debug
+    _debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=debug, rich_tracebacks=True, console=None)],
+        force=True,
+    )
+    # Libraries' retry chatter would bury our one-line errors; --debug shows it.
+    for noisy in ("urllib3", "httpx", "httpcore", "filelock", "fsspec", "huggingface_hub", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+def _register() -> None:
+    # Imported here so each subcommand lives in its own module next to this one.
+    from nano_gpt.cli import sample
+
+    app.command("sample")(sample.sample)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point of the `nano-gpt` console script and `python -m nano_gpt`."""
+    try:
+        app()
+    except NanoGPTError as e:
+        if _debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

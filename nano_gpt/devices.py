@@ -1,0 +1,34 @@
+"""Pick the torch device, and say clearly when the one asked for is not there."""
+
+import torch
+
+from nano_gpt.errors import NanoGPTError
+
+
+def auto_device() -> str:
+    """cuda, then mps, then cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn a `--device` value ("auto", "cpu", "cuda", "cuda:1", "mps") into an available device."""
+    if name == "auto":
+        return torch.device(auto_device())
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise NanoGPTError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NanoGPTError(f"--device={name} but CUDA is not available here; use --device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise NanoGPTError(f"--device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise NanoGPTError(f"--device={name} but MPS is not available here; use --device=cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise NanoGPTError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device

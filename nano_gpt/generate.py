@@ -1,0 +1,85 @@
+"""Autoregressive sampling with a KV cache: the prompt is processed once, then one position per token."""
+
+from collections.abc import Callable
+
+import torch
+
+from nano_gpt.model import GPT
+from nano_gpt.tokenizer import EOT_TOKEN
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token (B, 1) from last-position logits (B, V)."""
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop_sorted = probs.cumsum(dim=-1) - probs > top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    eos_token: int | None = EOT_TOKEN,
+    use_cache: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> list[list[int]]:
+    """Continue each row of `prompt` (B, T) by up to `max_new_tokens` tokens.
+
+    Returns each sequence's tokens, prompt included; a sequence stops at `eos_token`, which is not
+    returned. `on_token` receives each step's new tokens (B,), for streaming.
+    """
+    B, T = prompt.shape
+    total = T + max_new_tokens
+    if total > model.config.block_size:
+        raise ValueError(f"prompt plus new tokens ({total}) exceeds the model's context ({model.config.block_size})")
+    caches = model.new_kv_caches(B, total) if use_cache else None
+    tokens = torch.empty(B, total, dtype=torch.long, device=prompt.device)  # (B, T + new)
+    tokens[:, :T] = prompt
+    finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    pos = T
+    logits, _ = model(prompt, caches=caches)
+    while True:
+        next_token = sample_next_token(logits[:, -1], temperature, top_k, top_p, greedy, generator)[:, 0]  # (B,)
+        if eos_token is not None:
+            next_token = next_token.masked_fill(finished, eos_token)
+            finished |= next_token == eos_token
+        tokens[:, pos] = next_token
+        pos += 1
+        if on_token is not None:
+            on_token(next_token)
+        if pos == total or (eos_token is not None and bool(finished.all())):
+            break
+        if use_cache:
+            logits, _ = model(next_token[:, None], caches=caches, input_pos=pos - 1)
+        else:
+            logits, _ = model(tokens[:, :pos])
+    out = []
+    for row in tokens[:, :pos].tolist():
+        if eos_token is not None and eos_token in row[T:]:
+            row = row[: row.index(eos_token, T)]
+        out.append(row)
+    return out

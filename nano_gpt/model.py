@@ -1,0 +1,181 @@
+"""GPT-2: the model, its config and named presets.
+
+Parameter names follow Hugging Face's GPT-2 keys (`transformer.h.0.attn.c_attn.weight`, ...), so
+importing weights is a key map plus a transpose of the Conv1D weights (see `nano_gpt.hf`).
+Shapes: B batch, T sequence length, C n_embd, nh heads, hs head size, V vocabulary.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    block_size: int = 1024  # maximum context length
+    vocab_size: int = 50304  # 50257 BPE tokens padded to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: int) -> "GPTConfig":
+        """A named preset (see `PRESETS`), optionally with fields replaced."""
+        if name not in PRESETS:
+            raise NanoGPTError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        return cls(**d)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "gpt2-xs": GPTConfig(n_layer=10, n_head=8, n_embd=512),  # ~58M, for laptops (head size 64 as in GPT-2)
+    "gpt2-xxs": GPTConfig(n_layer=4, n_head=4, n_embd=64),  # ~3M (mostly embeddings), for tests
+}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k, v = cache.update(input_pos, k, v)  # (B, nh, input_pos + T, hs)
+            # A single new token may see every cached position; a chunk needs the causal mask shifted
+            # by the positions already cached.
+            mask = None if T == 1 else torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(input_pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, input_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied input and output embeddings
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 initialisation; residual projections are scaled so the residual stream's variance
+        does not grow with depth (two additions per layer)."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_SCALE_INIT", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights once); without position embeddings if asked, as in the paper."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if exclude_embeddings else n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        input_pos: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given.
+
+        With `caches` (one per layer, see `new_kv_caches`), idx holds the tokens at positions
+        input_pos..input_pos+T and earlier positions are read from the cache.
+        """
+        B, T = idx.shape
+        if input_pos + T > self.config.block_size:
+            raise ValueError(f"sequence of length {input_pos + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(input_pos, input_pos + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if caches is None else caches[i], input_pos)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_kv_caches(self, batch_size: int, max_length: int | None = None) -> list[KVCache]:
+        """One preallocated cache per layer, on the model's device and dtype."""
+        c, p = self.config, self.lm_head.weight
+        max_length = max_length or c.block_size
+        return [KVCache(batch_size, c.n_head, max_length, c.head_size, p.device, p.dtype) for _ in range(c.n_layer)]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "GPT":
+        """GPT-2 weights from the Hugging Face Hub (gpt2, gpt2-medium, ..., any repo id) or a local folder."""
+        from nano_gpt.pretrained import load_pretrained  # file and network I/O stays out of this module
+
+        return load_pretrained(name_or_path)

@@ -1,0 +1,77 @@
+"""Shared fixtures: everything runs offline on data the tests make or that ../shared holds."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+# Never touch the network from tests: hub look-ups fail at once instead of timing out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def save_tiny_hf_gpt2(folder: Path, *, vocab_size: int = 1000, n_layer: int = 3, n_head: int = 6, n_embd: int = 48,
+                      n_positions: int = 64, seed: int = 0, as_bin: bool = False) -> Path:
+    """A random `transformers.GPT2LMHeadModel` with odd sizes, saved as Hugging Face would.
+
+    `as_bin` writes a pickled `pytorch_model.bin` as older transformers releases did (current ones
+    write only safetensors).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    if as_bin:
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_hf_gpt2(tmp_path_factory.mktemp("tiny-hf-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_gpt2_vocab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2 with the real 50257-token vocabulary, so text samples decode."""
+    return save_tiny_hf_gpt2(tmp_path_factory.mktemp("tiny-hf-gpt2-vocab"), vocab_size=50257, n_layer=2, n_head=2,
+                             n_embd=32, n_positions=128)
+
+
+@pytest.fixture()
+def nano_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project download cache seeded with TinyShakespeare from ../shared (sha256-checked)."""
+    src = SHARED_DATA / "tinyshakespeare.txt"
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256
+    cache = tmp_path / "nano_gpt_cache"
+    (cache / "tinyshakespeare").mkdir(parents=True)
+    shutil.copy(src, cache / "tinyshakespeare" / "input.txt")
+    monkeypatch.setenv("NANO_GPT_CACHE", str(cache))
+    return cache
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m nano_gpt ARGS` in a real process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "nano_gpt", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user error: non-zero exit, one `error:` line on stderr, no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -1,0 +1,67 @@
+"""`nano-gpt sample` end to end, in real processes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from nano_gpt import GPT, generate, get_tokenizer
+
+PROMPT = "Hello, I'm a language model,"
+
+
+def test_help_lists_subcommands_and_debug() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "sample" in result.stdout and "--debug" in result.stdout
+
+
+def test_sample_prints_one_line_per_sequence_and_is_reproducible(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    args = ("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--seed=42", "--max-length=20", "--num-sequences=3",
+            "--device=cpu", PROMPT)
+    first, second = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("> " + PROMPT)]) == 3
+    assert first.stdout == second.stdout
+    assert run_cli(*args[:2], "--seed=7", *args[3:]).stdout != first.stdout
+
+
+def test_single_sequence_streams_the_same_text_as_the_library(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    result = run_cli("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--seed=1", "--max-length=16",
+                     "--num-sequences=1", "--device=cpu", PROMPT)
+    assert result.returncode == 0, result.stderr
+    enc = get_tokenizer()
+    model = GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir))
+    [tokens] = generate(model, torch.tensor([enc.encode_ordinary(PROMPT)]), 8,
+                        generator=torch.Generator().manual_seed(1))
+    assert result.stdout == "> " + enc.decode(tokens) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--pretrained=./no-such-folder"], ["not found"]),
+        (["--pretrained=gpt2"], ["local folder"]),
+        (["--checkpoint=missing.bin"], ["missing.bin", "not found"]),
+        (["--device=cuda"], ["CUDA is not available", "--device=cpu"]),
+        (["--max-length=5"], ["--max-length=5", "larger than the prompt"]),
+        (["--max-length=500"], ["context of 128"]),
+        (["--pretrained=PLACEHOLDER", "--checkpoint=x.bin"], ["not both"]),
+    ],
+)
+def test_bad_input_is_a_one_line_error(tiny_hf_gpt2_vocab_dir: Path, args: list[str], fragments: list[str]) -> None:
+    if not any(a.startswith(("--pretrained", "--checkpoint")) for a in args):
+        args = [f"--pretrained={tiny_hf_gpt2_vocab_dir}", *args]
+    args = [a.replace("PLACEHOLDER", str(tiny_hf_gpt2_vocab_dir)) for a in args]
+    assert_one_line_error(run_cli("sample", *args, PROMPT), *fragments)
+
+
+def test_prompt_longer_than_context_is_a_one_line_error(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    assert_one_line_error(run_cli("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "word " * 200), "context is 128")
+
+
+def test_debug_shows_the_traceback(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    result = run_cli("--debug", "sample", "--pretrained=./no-such-folder", PROMPT)
+    assert result.returncode != 0 and "NanoGPTError" in result.stderr

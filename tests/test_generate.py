@@ -1,0 +1,43 @@
+import torch
+
+from nano_gpt import GPT, GPTConfig, generate
+from nano_gpt.generate import sample_next_token
+
+
+def _model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=100, block_size=64)).eval()
+
+
+def test_greedy_tokens_are_identical_with_and_without_kv_cache() -> None:
+    model, prompt = _model(), torch.randint(0, 100, (3, 5), generator=torch.Generator().manual_seed(0))
+    cached = generate(model, prompt, 40, greedy=True, eos_token=None, use_cache=True)
+    uncached = generate(model, prompt, 40, greedy=True, eos_token=None, use_cache=False)
+    assert cached == uncached and all(len(t) == 45 for t in cached)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator() -> None:
+    model, prompt = _model(), torch.zeros(2, 3, dtype=torch.long)
+    a = generate(model, prompt, 20, generator=torch.Generator().manual_seed(3), eos_token=None)
+    b = generate(model, prompt, 20, generator=torch.Generator().manual_seed(3), eos_token=None)
+    assert a == b
+
+
+def test_a_sequence_stops_at_end_of_text() -> None:
+    model = _model()
+    with torch.no_grad():  # make token 7 the certain next token after anything
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[7] = 1.0
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.ln_f.bias.fill_(10.0)
+    out = generate(model, torch.zeros(2, 3, dtype=torch.long), 10, eos_token=7)
+    assert out == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_top_k_and_top_p_restrict_the_candidates() -> None:
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next_token(logits, top_k=2, generator=g).flatten().tolist()) == {0, 1}
+    # Probabilities ~0.64, 0.24, 0.09, ...: top_p=0.7 keeps the first two.
+    assert set(sample_next_token(logits, top_k=None, top_p=0.7, generator=g).flatten().tolist()) == {0, 1}
+    assert set(sample_next_token(logits, greedy=True).flatten().tolist()) == {0}
