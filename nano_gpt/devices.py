@@ -1,5 +1,7 @@
 """Pick the torch device, and say clearly when the one asked for is not there."""
 
+import contextlib
+
 import torch
 
 from nano_gpt.errors import NanoGPTError
@@ -32,3 +34,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise NanoGPTError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for `dtype` on `device`, or nothing for fp32 / None."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -2,7 +2,6 @@
 
 import codecs
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import torch

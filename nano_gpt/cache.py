@@ -1,0 +1,47 @@
+"""The project's download cache (`NANO_GPT_CACHE`, default ~/.cache/nano_gpt).
+
+Files are fetched once, checked against a sha256 when one is known, and written atomically. With no
+network, the error names the URL and the exact path where the file can be placed by hand.
+"""
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+from nano_gpt.errors import NanoGPTError
+
+logger = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NANO_GPT_CACHE", Path.home() / ".cache" / "nano_gpt")).expanduser()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_download(url: str, relative_path: str, sha256: str | None = None, timeout: float = 30) -> Path:
+    """The cached copy of `url` at `cache_dir()/relative_path`, downloading it if missing."""
+    path = cache_dir() / relative_path
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        logger.info("downloading %s to %s", url, path)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+            os.replace(tmp, path)
+        except OSError as e:  # URLError, timeouts and disk errors are all OSErrors
+            tmp.unlink(missing_ok=True)
+            raise NanoGPTError(f"cannot download {url} ({e}); fetch it by hand and place it at {path}") from e
+    if sha256 is not None and (actual := sha256_file(path)) != sha256:
+        raise NanoGPTError(f"{path} has sha256 {actual}, expected {sha256}; delete it so it is downloaded again")
+    return path
