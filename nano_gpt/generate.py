@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from nano_gpt.model import GPT
-from nano_gpt.tokenizer import EOT_TOKEN
+from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE
 
 
 def sample_next_token(
@@ -63,7 +63,10 @@ def generate(
     pos = T
     logits, _ = model(prompt, caches=caches)
     while True:
-        next_token = sample_next_token(logits[:, -1], temperature, top_k, top_p, greedy, generator)[:, 0]  # (B,)
+        # Columns past the tokenizer's 50257 are padding (GPTConfig.vocab_size 50304): no text decodes
+        # from them, so they are never sampled, and a padded model samples exactly as its export does.
+        last = logits[:, -1, :VOCAB_SIZE]  # (B, min(V, 50257))
+        next_token = sample_next_token(last, temperature, top_k, top_p, greedy, generator)[:, 0]  # (B,)
         if eos_token is not None:
             next_token = next_token.masked_fill(finished, eos_token)
             finished |= next_token == eos_token
