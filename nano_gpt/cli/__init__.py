@@ -39,9 +39,11 @@ def _global_options(
 
 def _register() -> None:
     # Imported here so each subcommand lives in its own module next to this one.
+    from nano_gpt.cli import plot
     from nano_gpt.cli import sample
 
     app.command("sample")(sample.sample)
+    app.command("plot")(plot.plot)
 
 
 _register()
