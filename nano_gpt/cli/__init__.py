@@ -40,10 +40,11 @@ def _global_options(
 def _register() -> None:
     # Imported here so each subcommand lives in its own module next to this one.
     from nano_gpt.cli import plot
-    from nano_gpt.cli import sample
+    from nano_gpt.cli import export, sample
 
     app.command("sample")(sample.sample)
     app.command("plot")(plot.plot)
+    app.command("export")(export.export)
 
 
 _register()
