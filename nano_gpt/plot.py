@@ -274,7 +274,7 @@ def plot_logs(
     ax_lr.set(title="Learning rate", xlabel="step", ylabel="learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (ax_step, ax_hs, ax_lr):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
     _legend_or_note(ax_step, "upper right", "no train or validation records")
     _legend_or_note(ax_tokens, None, "no records with token counts")
     _legend_or_note(ax_hs, "lower right", "no HellaSwag records")
