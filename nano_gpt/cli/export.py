@@ -19,9 +19,10 @@ def export(
 ) -> None:
     """Export a training checkpoint (or --pretrained weights) as a Hugging Face GPT-2 model folder.
 
-    Writes model.safetensors (OpenAI's GPT-2 layout, vocabulary cut back to 50,257), config.json,
-    generation_config.json and the tokenizer files, so `transformers` and `nano-gpt sample
-    --pretrained=FOLDER` load it, and `hf upload` publishes it.
+    Writes model.safetensors in OpenAI's GPT-2 layout (vocabulary cut back to 50,257), config.json,
+    generation_config.json and the tokenizer files.
+
+    `transformers`, `nano-gpt sample --pretrained=FOLDER` and `hf upload` take the folder as it is.
     """
     torch_device = resolve_device(device)
     model = load_model(pretrained, checkpoint, default=None)
