@@ -40,9 +40,11 @@ def _global_options(
 def _register() -> None:
     # Imported here so each subcommand lives in its own module next to this one.
     from nano_gpt.cli import plot
+    from nano_gpt.cli import prepare_dataset
     from nano_gpt.cli import export, sample
 
     app.command("sample")(sample.sample)
+    app.command("prepare_dataset")(prepare_dataset.prepare_dataset)
     app.command("plot")(plot.plot)
     app.command("export")(export.export)
 

@@ -1,0 +1,34 @@
+"""`nano-gpt prepare_dataset`: tokenize a corpus into GPT-2 token shards."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nano_gpt.data import DEFAULT_DATASET_DIR, DEFAULT_TOKENS_PER_SHARD
+from nano_gpt.data import prepare_dataset as prepare
+
+
+def prepare_dataset(
+    dataset: Annotated[str, typer.Option(help="tinyshakespeare, finewebedu, hf:OWNER/NAME[:CONFIG] (any Hugging Face dataset, streamed), or local files: a .txt, .jsonl or .parquet file, a glob such as './corpus/*.txt', or a folder.")],
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to prepare.")] = "train,validation",
+    dataset_dir: Annotated[Path, typer.Option(help="Where the shards go: DATASET_DIR/<dataset>/<split>/.")] = DEFAULT_DATASET_DIR,
+    tokens_per_shard: Annotated[int, typer.Option(min=1, help="Tokens per shard file (uint16, 2 bytes each).")] = DEFAULT_TOKENS_PER_SHARD,
+    validation_tokens: Annotated[Optional[int], typer.Option(min=0, help="For a corpus without a validation split (finewebedu, local files, most hf: datasets): how many leading tokens go to validation. Default: one shard.")] = None,
+    text_column: Annotated[str, typer.Option(help="The text field of .jsonl, .parquet and hf: datasets.")] = "text",
+    num_workers: Annotated[Optional[int], typer.Option(min=1, help="Tokenizer processes. Default: all cores.")] = None,
+    force: Annotated[bool, typer.Option(help="Prepare splits again even if they are finished.")] = False,
+) -> None:
+    """Tokenize DATASET with GPT-2's tokenizer into uint16 shards plus a manifest per split.
+
+    Each document is <|endoftext|> followed by its tokens. A killed run resumes where it stopped when run again; a finished split is kept unless --force.
+    """
+    names = [s.strip() for s in splits.split(",") if s.strip()]
+    prepared = prepare(dataset, names, dataset_dir=dataset_dir, tokens_per_shard=tokens_per_shard,
+                       validation_tokens=validation_tokens, text_column=text_column, num_workers=num_workers,
+                       force=force)
+    for name, result in prepared.items():
+        shards = len(result.manifest["shards"])
+        note = " (already prepared)" if result.reused else ""
+        print(f"{name}: {result.manifest['tokens']:,} tokens in {shards} shard{'s' * (shards != 1)} "
+              f"at {result.directory}{note}")

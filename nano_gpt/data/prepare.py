@@ -1,0 +1,398 @@
+"""Tokenize a corpus into GPT-2 token shards, on all cores, resumably, in flat memory.
+
+Each document becomes `<|endoftext|>` followed by `encode_ordinary(text)` (so `<|endoftext|>` written
+inside a document is plain text). The token stream is cut into shards of `tokens_per_shard` tokens,
+documents running across shard boundaries, as in the GPT-2 reproduction.
+
+Documents are streamed: the main process reads them, cuts long ones into pieces (at points where GPT-2's
+pre-tokenizer splits anyway, so the tokens are those of the whole text), and sends batches of pieces to
+a worker pool, keeping a few batches in flight and taking results back in order. Memory is bounded
+by those batches, whatever the corpus size.
+
+Crash safety: a shard is written to a temp name, fsynced and renamed; then a line recording it and the
+stream position after it is appended to `progress.jsonl`. A rerun resumes after the last recorded shard,
+rewriting whatever came after, and the manifest is written last. The result does not depend on where
+runs were killed, nor on the number of workers or the start method.
+"""
+
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from multiprocessing.pool import Pool
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import hashlib
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, shard_name, shard_ok,
+                                  split_dir, write_json_atomic)
+from nano_gpt.data.sources import Split, dataset_splits
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKENS_PER_SHARD = 100_000_000  # 200 MB of uint16: FineWeb-Edu's 10B tokens make about 100 shards
+PIECE_CHARS = 1 << 16  # long documents are cut into pieces of about this size, so one document uses many cores
+BATCH_CHARS = 1 << 18  # characters sent to a worker at a time
+LOG_EVERY_S = 10.0
+
+Batch = list[tuple[int, bool, str]]  # (document index, piece starts the document, text)
+Encoded = tuple[list[tuple[int, int]], np.ndarray]  # ((document index, tokens) per piece, all tokens)
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    directory: Path
+    manifest: dict[str, Any]
+    reused: bool  # it was already prepared, so nothing was done
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of about PIECE_CHARS, cut only at a space between two letters.
+
+    GPT-2's pre-tokenizer always splits there: the letters before end a word (or a contraction) and the
+    space starts the next word (` ?\\p{L}+`), so no pre-token spans the cut and BPE, which merges only
+    inside pre-tokens, gives the pieces exactly the tokens of the whole text. (`str.isalpha` is \\p{L}.)
+    """
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        cut = text.find(" ", start + PIECE_CHARS)
+        while cut != -1 and not (text[cut - 1].isalpha() and cut + 1 < len(text) and text[cut + 1].isalpha()):
+            cut = text.find(" ", cut + 1)
+        if cut == -1:
+            break
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _batches(documents: Iterable[str], first_document: int) -> Iterator[Batch]:
+    batch: Batch = []
+    chars = 0
+    for document, text in enumerate(documents, first_document):
+        for i, piece in enumerate(_pieces(text)):
+            batch.append((document, i == 0, piece))
+            chars += len(piece)
+            if chars >= BATCH_CHARS:
+                yield batch
+                batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
+    get_tokenizer()  # under spawn each worker builds its own (about a second), before the first batch
+
+
+def _encode_batch(batch: Batch) -> Encoded:
+    """Runs in a worker: each piece's tokens, with `<|endoftext|>` before each document."""
+    encoding = get_tokenizer()
+    counts: list[tuple[int, int]] = []
+    tokens: list[int] = []
+    for document, starts_document, text in batch:
+        before = len(tokens)
+        if starts_document:
+            tokens.append(EOT_TOKEN)
+        tokens.extend(encoding.encode_ordinary(text))
+        counts.append((document, len(tokens) - before))
+    return counts, np.array(tokens, dtype=SHARD_DTYPE)
+
+
+class _Encoder:
+    """Encodes batches in order: in this process for one worker, else in a pool started on first use."""
+
+    def __init__(self, num_workers: int, start_method: str | None, stack: ExitStack) -> None:
+        self.num_workers, self.start_method, self._stack = num_workers, start_method, stack
+        self._pool: Pool | None = None
+
+    def __call__(self, batches: Iterable[Batch]) -> Iterator[Encoded]:
+        if self.num_workers == 1:
+            yield from map(_encode_batch, batches)
+            return
+        if self._pool is None:
+            get_tokenizer()  # built once here, so forked workers inherit it
+            context = multiprocessing.get_context(self.start_method)
+            self._pool = self._stack.enter_context(context.Pool(self.num_workers, initializer=_init_worker))
+        pending: deque = deque()  # a few batches in flight: results come back in order, memory stays bounded
+        for batch in batches:
+            pending.append(self._pool.apply_async(_encode_batch, (batch,)))
+            if len(pending) >= 2 * self.num_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _token_pieces(encoded: Iterable[Encoded]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(document index, offset of the piece's first token in its document, tokens) per piece."""
+    document, offset = -1, 0
+    for counts, tokens in encoded:
+        start = 0
+        for piece_document, n in counts:
+            if piece_document != document:
+                document, offset = piece_document, 0
+            yield document, offset, tokens[start:start + n]
+            start += n
+            offset += n
+
+
+class _TokensPerSecond(ProgressColumn):
+    """The mean rate since the start: rich's own `speed` swings with results that arrive in bursts."""
+
+    def render(self, task: Task) -> Text:
+        done = task.completed - task.fields["initial"]
+        return Text(f"{done / task.elapsed if task.elapsed else 0:,.0f} tokens/s")
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain log lines every LOG_EVERY_S seconds otherwise."""
+
+    def __init__(self, description: str, total: int | None, completed: int) -> None:
+        self.description, self.completed = description, completed
+        self._start = self._last_log = time.monotonic()
+        self._initial = completed
+        console = Console(stderr=True)
+        self._bar = None
+        if console.is_terminal:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} tokens"),
+                                 _TokensPerSecond(), TimeRemainingColumn(), console=console)
+            self._task = self._bar.add_task(description, total=max(total, completed) if total else None,
+                                            completed=completed, initial=completed)
+
+    def __enter__(self) -> "_Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def advance(self, n: int) -> None:
+        self.completed += n
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.completed)
+        elif time.monotonic() - self._last_log >= LOG_EVERY_S:
+            self._last_log = time.monotonic()
+            logger.info("%s: %s tokens, %s tokens/s", self.description, f"{self.completed:,}", f"{self._rate():,.0f}")
+
+    def _rate(self) -> float:
+        return (self.completed - self._initial) / max(time.monotonic() - self._start, 1e-9)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.completed)
+            self._bar.stop()
+        if kind is None:
+            logger.info("%s: %s tokens in %.1f s (%s tokens/s)", self.description, f"{self.completed:,}",
+                        time.monotonic() - self._start, f"{self._rate():,.0f}")
+
+
+class _ProgressLog:
+    """`progress.jsonl`: the options, then per finished shard its record and the stream position after it.
+
+    On open it keeps the longest prefix of records whose shard files are whole, drops anything after
+    (a line half-written by a kill, a shard lost with the machine), and rewrites the file clean.
+    """
+
+    def __init__(self, directory: Path, options: dict[str, Any]) -> None:
+        self.path = directory / PROGRESS
+        self.records: list[dict[str, Any]] = []
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        if lines and _json_or_none(lines[0]) == {"options": options}:
+            for line in lines[1:]:
+                record = _json_or_none(line)
+                if record is None or not shard_ok(directory / record["file"], record["tokens"]):
+                    break
+                self.records.append(record)
+        elif lines:
+            logger.info("%s: the options changed since the interrupted run; starting over", directory)
+        if self.records:
+            logger.info("%s: resuming after %d shards", directory, len(self.records))
+        write_json_lines = [json.dumps({"options": options})] + [json.dumps(r) for r in self.records]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in write_json_lines))
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a")
+
+    def resume(self) -> tuple[int, int, int]:
+        """(document index, offset in it, stream position) of the first token not yet in a shard."""
+        return tuple(self.records[-1]["resume"]) if self.records else (0, 0, 0)
+
+    def append(self, record: dict[str, Any]) -> None:
+        # No fsync: a line lost with the machine only means that shard is written again.
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _json_or_none(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+class _ShardWriter:
+    """Streams tokens into `tokens_per_shard`-token shards, each written to a temp name, fsynced, renamed."""
+
+    def __init__(self, directory: Path, tokens_per_shard: int, log: _ProgressLog) -> None:
+        self.directory, self.tokens_per_shard, self.log = directory, tokens_per_shard, log
+        self._file = None
+        self._count = 0
+        self._digest = hashlib.sha256()
+
+    def write(self, tokens: np.ndarray, document: int, offset: int, position: int) -> None:
+        """Append `tokens`, the first being token `offset` of `document` and token `position` of the stream."""
+        i = 0
+        while i < len(tokens):
+            if self._file is None:
+                self._file = open(self._tmp_path(), "wb")
+                self._count, self._digest = 0, hashlib.sha256()
+            n = min(len(tokens) - i, self.tokens_per_shard - self._count)
+            data = tokens[i:i + n].tobytes()
+            self._file.write(data)
+            self._digest.update(data)
+            self._count += n
+            i += n
+            if self._count == self.tokens_per_shard:
+                self.close_shard((document, offset + i, position + i))
+
+    def close_shard(self, resume: tuple[int, int, int]) -> None:
+        if self._file is None:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        name = shard_name(len(self.log.records))
+        os.replace(self._tmp_path(), self.directory / name)
+        self.log.append({"file": name, "tokens": self._count, "sha256": self._digest.hexdigest(), "resume": resume})
+
+    def _tmp_path(self) -> Path:
+        return self.directory / f".{shard_name(len(self.log.records))}.tmp"
+
+
+def _clean(directory: Path, keep: set[str]) -> None:
+    """Remove temp files, the progress log, and shards an earlier run left that are not in `keep`."""
+    for path in directory.iterdir():
+        if path.name.endswith(".tmp") or path.name == PROGRESS or (path.suffix == ".bin" and path.name not in keep):
+            path.unlink()
+
+
+def _flags(options: dict[str, Any]) -> str:
+    return " ".join(f"--{key.replace('_', '-')}={value}" for key, value in sorted(options.items()))
+
+
+def _finished(directory: Path, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of an already prepared split, checked against this run's options."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest["options"] != options:
+        raise NanoGPTError(f"{directory} was prepared with {_flags(manifest['options'])}, not {_flags(options)}; "
+                           "pass --force to prepare it again")
+    if bad := [s["file"] for s in manifest["shards"] if not shard_ok(directory / s["file"], s["tokens"])]:
+        raise NanoGPTError(f"{directory / bad[0]} is missing or truncated; pass --force to prepare the split again")
+    _clean(directory, {s["file"] for s in manifest["shards"]})  # leftovers of a kill after the manifest
+    return manifest
+
+
+def _write_split(dataset: str, name: str, split: Split, directory: Path, options: dict[str, Any],
+                 tokens_per_shard: int, encoder: _Encoder) -> dict[str, Any]:
+    directory.mkdir(parents=True, exist_ok=True)
+    log = _ProgressLog(directory, options)
+    try:
+        writer = _ShardWriter(directory, tokens_per_shard, log)
+        last = resume_document, resume_offset, position = log.resume()
+        end = None if split.max_tokens is None else split.skip_tokens + split.max_tokens
+        done = sum(r["tokens"] for r in log.records)
+        with _Progress(f"{dataset} {name}", split.approx_tokens, done) as progress:
+            if end is None or position < end:
+                documents = itertools.islice(split.documents(), resume_document, None)
+                for document, offset, tokens in _token_pieces(encoder(_batches(documents, resume_document))):
+                    if document == resume_document and offset < resume_offset:  # in a shard of a killed run
+                        cut = min(resume_offset - offset, len(tokens))
+                        tokens, offset = tokens[cut:], offset + cut
+                    if position < split.skip_tokens:  # belongs to an earlier split
+                        cut = min(split.skip_tokens - position, len(tokens))
+                        tokens, offset, position = tokens[cut:], offset + cut, position + cut
+                    if end is not None:
+                        tokens = tokens[:end - position]
+                    writer.write(tokens, document, offset, position)
+                    position += len(tokens)
+                    last = (document, offset + len(tokens), position)
+                    progress.advance(len(tokens))
+                    if end is not None and position >= end:
+                        break
+            writer.close_shard(last)  # the last, partial shard
+    finally:
+        log.close()
+    shards = [{key: r[key] for key in ("file", "tokens", "sha256")} for r in log.records]
+    total = sum(s["tokens"] for s in shards)
+    if total == 0:
+        shutil.rmtree(directory)
+        hint = " after the validation tokens; lower --validation-tokens" if split.skip_tokens else ""
+        raise NanoGPTError(f"the {name} split of {dataset!r} has no tokens{hint}")
+    manifest = {"dataset": dataset, "split": name, "tokenizer": "gpt2", "eot_token": EOT_TOKEN, "dtype": "uint16",
+                "options": options, "tokens": total, "shards": shards}
+    write_json_atomic(directory / MANIFEST, manifest)
+    _clean(directory, {s["file"] for s in shards})
+    return manifest
+
+
+def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"),
+                    dataset_dir: Path = DEFAULT_DATASET_DIR, tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD,
+                    validation_tokens: int | None = None, text_column: str = "text", num_workers: int | None = None,
+                    force: bool = False, start_method: str | None = None) -> dict[str, PreparedSplit]:
+    """Tokenize `splits` of `dataset` into shards under `dataset_dir`; a finished split is kept unless `force`.
+
+    `dataset` is a `DATASETS` name, `hf:OWNER/NAME[:CONFIG]`, or local files (see `sources.py`).
+    `validation_tokens` (default: one shard) is how many leading tokens go to validation in a corpus
+    that has no validation split of its own. `start_method` is multiprocessing's (default: the platform's).
+    """
+    if not splits:
+        raise NanoGPTError("no splits to prepare; pass for example --splits=train,validation")
+    if tokens_per_shard < 1:
+        raise NanoGPTError(f"--tokens-per-shard={tokens_per_shard} must be at least 1")
+    if validation_tokens is not None and validation_tokens < 0:
+        raise NanoGPTError(f"--validation-tokens={validation_tokens} must be at least 0")
+    if num_workers is not None and num_workers < 1:
+        raise NanoGPTError(f"--num-workers={num_workers} must be at least 1")
+    sources = dataset_splits(dataset, tokens_per_shard if validation_tokens is None else validation_tokens, text_column)
+    if unknown := [s for s in splits if s not in sources]:
+        raise NanoGPTError(f"dataset {dataset!r} has no split {unknown[0]!r}; its splits are {', '.join(sources)}")
+    prepared = {}
+    with ExitStack() as stack:
+        encoder = _Encoder(num_workers or available_cpus(), start_method, stack)
+        for name in splits:
+            directory = split_dir(dataset_dir, dataset, name)
+            options = {**sources[name].options, "tokens_per_shard": tokens_per_shard}
+            if force and directory.exists():
+                shutil.rmtree(directory)
+            if (manifest := _finished(directory, options)) is not None:
+                logger.info("%s is already prepared; pass --force to prepare it again", directory)
+                prepared[name] = PreparedSplit(directory, manifest, reused=True)
+                continue
+            manifest = _write_split(dataset, name, sources[name], directory, options, tokens_per_shard, encoder)
+            prepared[name] = PreparedSplit(directory, manifest, reused=False)
+    return prepared

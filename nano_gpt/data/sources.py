@@ -1,0 +1,215 @@
+"""Where documents come from: named datasets, Hugging Face datasets and local files.
+
+`dataset_splits(dataset)` gives a `Split` per split name. A split's `documents()` opens a fresh, lazy
+stream of texts (one document or one parquet batch in memory at a time), and `skip_tokens` and
+`max_tokens` say which stretch of that stream's tokens belongs to the split, so a corpus with no
+validation split can give its first tokens to validation, as the GPT-2 reproduction does with FineWeb-Edu.
+
+The `--dataset` syntax:
+- a name in `DATASETS` (`tinyshakespeare`, `finewebedu`); add one by adding a function there;
+- `hf:OWNER/NAME` or `hf:OWNER/NAME:CONFIG`: any Hugging Face dataset with a text column, streamed with
+  `datasets` (a local folder of parquet/jsonl files works too: `hf:./my_dataset`);
+- local files: a `.txt`, `.jsonl` or `.parquet` file, a glob (`./corpus/*.txt`) or a folder. Each `.txt`
+  file is one document; each `.jsonl` line and each parquet row is one document.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nano_gpt.cache import cached_download
+from nano_gpt.errors import NanoGPTError
+
+logger = logging.getLogger(__name__)
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+BYTES_PER_TOKEN = 4  # about right for English under GPT-2's BPE; only used to estimate an ETA
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: its document stream and the stretch of that stream's tokens that belongs to it."""
+
+    documents: Callable[[], Iterator[str]]  # a fresh stream on every call: resuming restarts it
+    skip_tokens: int = 0  # tokens at the start of the stream that belong to another split
+    max_tokens: int | None = None
+    approx_tokens: int | None = None  # for the progress bar's ETA
+    options: dict[str, int | str] = field(default_factory=dict)  # the flags that shaped it, kept in the manifest
+
+
+def _head_and_tail(documents: Callable[[], Iterator[str]], validation_tokens: int, approx_tokens: int | None,
+                   options: dict[str, int | str]) -> dict[str, Split]:
+    """Validation is the first `validation_tokens` tokens of the stream, train the rest."""
+    options = {**options, "validation_tokens": validation_tokens}
+    return {
+        "train": Split(documents, skip_tokens=validation_tokens, options=options,
+                       approx_tokens=None if approx_tokens is None else max(approx_tokens - validation_tokens, 0)),
+        "validation": Split(documents, max_tokens=validation_tokens, approx_tokens=validation_tokens, options=options),
+    }
+
+
+def _tinyshakespeare(validation_tokens: int) -> dict[str, Split]:
+    """One document, split 90/10 at a character: each split is `<|endoftext|>` plus its part's tokens."""
+
+    def part(train: bool) -> Callable[[], Iterator[str]]:
+        def documents() -> Iterator[str]:
+            text = cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
+            text = text.read_text(encoding="utf-8")
+            cut = int(0.9 * len(text))
+            yield text[:cut] if train else text[cut:]
+
+        return documents
+
+    # Exact: the file is fixed by its sha256.
+    return {"train": Split(part(True), approx_tokens=301_967), "validation": Split(part(False), approx_tokens=36_060)}
+
+
+def _finewebedu(validation_tokens: int) -> dict[str, Split]:
+    """FineWeb-Edu's 10-billion-token sample; its first shard of tokens is the validation split."""
+    return _hf_splits("HuggingFaceFW/fineweb-edu", "sample-10BT", "text", validation_tokens,
+                      approx_tokens=10_000_000_000)
+
+
+DATASETS: dict[str, Callable[[int], dict[str, Split]]] = {
+    "tinyshakespeare": _tinyshakespeare,
+    "finewebedu": _finewebedu,
+}
+
+
+def _parse_hf(dataset: str) -> tuple[str, str | None]:
+    """`hf:PATH[:CONFIG]` as (PATH, CONFIG); a colon inside a Windows path is not a config."""
+    spec = dataset.removeprefix("hf:")
+    path, sep, config = spec.rpartition(":")
+    if sep and path and config and not re.search(r"[/\\]", config):
+        return path, config
+    return spec, None
+
+
+def _hf_splits(path: str, config: str | None, text_column: str, validation_tokens: int,
+               approx_tokens: int | None = None) -> dict[str, Split]:
+    import datasets
+
+    from nano_gpt.pretrained import _hub_reachable  # a quick offline check: datasets retries for long
+
+    if not path:
+        raise NanoGPTError("--dataset=hf: needs a dataset: --dataset=hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")
+    if not Path(path).expanduser().exists() and not os.environ.get("HF_DATASETS_OFFLINE") and not _hub_reachable():
+        raise NanoGPTError(f"cannot reach the Hugging Face Hub for dataset {path!r}; connect to the network, "
+                           "or pass local files: --dataset=./corpus/*.jsonl")
+    try:
+        names = datasets.get_dataset_split_names(path, config)
+    except Exception as e:  # unknown dataset or config, offline, gated: all mean "cannot open it"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NanoGPTError(f"cannot open Hugging Face dataset {path!r} (config {config}): {reason}") from e
+
+    def stream(split: str) -> Callable[[], Iterator[str]]:
+        def documents() -> Iterator[str]:
+            ds = datasets.load_dataset(path, config, split=split, streaming=True)
+            if ds.column_names is not None and text_column not in ds.column_names:
+                raise NanoGPTError(f"dataset {path!r} has no column {text_column!r} (it has {ds.column_names}); "
+                                   "pass --text-column=NAME")
+            for batch in ds.select_columns([text_column]).iter(batch_size=1000):
+                yield from (text for text in batch[text_column] if text is not None)
+
+        return documents
+
+    options = {"text_column": text_column}
+    splits = {name: Split(stream(name), options=options) for name in names}
+    if "validation" not in names and "train" in names:
+        splits.update(_head_and_tail(stream("train"), validation_tokens, approx_tokens, options))
+    return splits
+
+
+def _local_files(pattern: str) -> list[Path]:
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file())
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not files:
+        raise NanoGPTError(f"--dataset={pattern} matches no files; pass one of {', '.join(DATASETS)}, "
+                           "hf:OWNER/NAME[:CONFIG], or a .txt, .jsonl or .parquet file, glob or folder")
+    if unknown := [p for p in files if p.suffix not in LOCAL_SUFFIXES]:
+        raise NanoGPTError(f"{unknown[0]} is not a .txt, .jsonl or .parquet file; narrow --dataset={pattern}")
+    return files
+
+
+def _jsonl_documents(path: Path, text_column: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[text_column]
+            except (ValueError, TypeError, KeyError) as e:
+                raise NanoGPTError(f"{path}:{number} is not a JSON object with a {text_column!r} string "
+                                   f"({type(e).__name__}); fix the line or pass --text-column=NAME") from e
+            if text is not None:
+                yield text
+
+
+def _parquet_documents(path: Path, text_column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    if text_column not in parquet.schema_arrow.names:
+        raise NanoGPTError(f"{path} has no column {text_column!r} (it has {parquet.schema_arrow.names}); "
+                           "pass --text-column=NAME")
+    for batch in parquet.iter_batches(batch_size=1024, columns=[text_column]):
+        yield from (text for text in batch.column(0).to_pylist() if text is not None)
+
+
+def _local_splits(pattern: str, text_column: str, validation_tokens: int) -> dict[str, Split]:
+    files = _local_files(pattern)
+
+    def documents() -> Iterator[str]:
+        for path in files:
+            if path.suffix == ".txt":
+                try:
+                    yield path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as e:
+                    raise NanoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+            elif path.suffix == ".jsonl":
+                yield from _jsonl_documents(path, text_column)
+            else:
+                yield from _parquet_documents(path, text_column)
+
+    approx = None if any(p.suffix == ".parquet" for p in files) else sum(p.stat().st_size for p in files) // BYTES_PER_TOKEN
+    return _head_and_tail(documents, validation_tokens, approx, {"text_column": text_column})
+
+
+def dataset_splits(dataset: str, validation_tokens: int, text_column: str = "text") -> dict[str, Split]:
+    """The splits of `dataset` (a `DATASETS` name, `hf:...`, or local files), opened lazily."""
+    if dataset in DATASETS:
+        return DATASETS[dataset](validation_tokens)
+    if dataset.startswith("hf:"):
+        return _hf_splits(*_parse_hf(dataset), text_column, validation_tokens)
+    return _local_splits(dataset, text_column, validation_tokens)
+
+
+def _slug(kind: str, identity: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", identity).strip("-.")[-48:].strip("-.")
+    return f"{kind}-{readable}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def dataset_slug(dataset: str) -> str:
+    """The folder of `dataset` under the dataset dir: the name itself for a `DATASETS` name, otherwise
+    derived from the Hub name or the absolute path, so the same corpus always lands in the same folder."""
+    if dataset in DATASETS:
+        return dataset
+    if dataset.startswith("hf:"):
+        path, config = _parse_hf(dataset)
+        if Path(path).expanduser().exists():
+            path = os.path.abspath(Path(path).expanduser())
+        return _slug("hf", path if config is None else f"{path}:{config}")
+    return _slug("local", os.path.abspath(Path(dataset).expanduser()))
