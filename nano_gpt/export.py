@@ -27,7 +27,7 @@ def _check_export_dir(export_dir: Path, force: bool = False) -> None:
     if export_dir.exists() and not export_dir.is_dir():
         raise NanoGPTError(f"--export-dir {export_dir} is a file; pass a folder")
     if export_dir.is_dir() and any(export_dir.iterdir()) and not force:
-        raise NanoGPTError(f"{export_dir} is not empty; pass --force to replace it, or choose another --export-dir")
+        raise NanoGPTError(f"{export_dir} is not empty; pass --force to replace it, or another --export-dir")
 
 
 def _write_tokenizer(folder: Path, model_max_length: int) -> None:
@@ -37,7 +37,7 @@ def _write_tokenizer(folder: Path, model_max_length: int) -> None:
 
     shutil.copyfile(_bpe_file("encoder.json"), folder / "vocab.json")
     shutil.copyfile(_bpe_file("vocab.bpe"), folder / "merges.txt")
-    # Loading from the folder (not the constructor) reads vocab.json/merges.txt under every transformers version.
+    # Loading the folder (not the constructor, whose arguments changed) works under every transformers.
     tokenizer = GPT2TokenizerFast.from_pretrained(folder, model_max_length=model_max_length)
     tokenizer.save_pretrained(folder)
 
@@ -71,7 +71,9 @@ def _swap_into_place(tmp: Path, export_dir: Path) -> None:
     shutil.rmtree(old)
 
 
-def export_model(model: GPT, export_dir: Path | str, force: bool = False, device: torch.device | str = "cpu") -> Path:
+def export_model(
+    model: GPT, export_dir: Path | str, force: bool = False, device: torch.device | str = "cpu"
+) -> Path:
     """Write `model` to `export_dir` as a complete Hugging Face GPT-2 folder; returns the folder.
 
     A vocabulary padded for training (50304) is cut back to GPT-2's 50257 tokens: the padding rows
@@ -93,8 +95,8 @@ def export_model(model: GPT, export_dir: Path | str, force: bool = False, device
         _write_tokenizer(tmp, model.config.block_size)
         _swap_into_place(tmp, target)
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        raise NanoGPTError(f"cannot write to {export_dir} ({e.strerror or e}{where}); choose a writable --export-dir") from e
+        reason = f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
+        raise NanoGPTError(f"cannot write to {export_dir} ({reason}); choose a writable --export-dir") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     logger.debug("exported %s", export_dir)

@@ -13,8 +13,8 @@ from nano_gpt.export import export_model
 def export(
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = None,
-    export_dir: Annotated[Path, typer.Option(help="The folder to write; it must be empty or new unless --force.")] = Path("export"),
-    force: Annotated[bool, typer.Option(help="Replace a non-empty --export-dir (only once the new export is complete).")] = False,
+    export_dir: Annotated[Path, typer.Option(help="The folder to write: new or empty, unless --force.")] = Path("export"),
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --export-dir, once the new one is complete.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Export a training checkpoint (or --pretrained weights) as a Hugging Face GPT-2 model folder.
