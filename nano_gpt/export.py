@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hf import config_to_hf, state_dict_to_hf
 from nano_gpt.model import GPT
-from nano_gpt.tokenizer import VOCAB_SIZE, _bpe_file
+from nano_gpt.tokenizer import VOCAB_SIZE, bpe_file
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def _write_tokenizer(folder: Path, model_max_length: int) -> None:
     tokenizer.json and tokenizer_config.json that `AutoTokenizer` reads, written by transformers itself."""
     from transformers import GPT2TokenizerFast
 
-    shutil.copyfile(_bpe_file("encoder.json"), folder / "vocab.json")
-    shutil.copyfile(_bpe_file("vocab.bpe"), folder / "merges.txt")
+    shutil.copyfile(bpe_file("encoder.json"), folder / "vocab.json")
+    shutil.copyfile(bpe_file("vocab.bpe"), folder / "merges.txt")
     # Loading the folder (not the constructor, whose arguments changed) works under every transformers.
     tokenizer = GPT2TokenizerFast.from_pretrained(folder, model_max_length=model_max_length)
     tokenizer.save_pretrained(folder)

