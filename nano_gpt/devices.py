@@ -41,3 +41,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The fastest precision that trains well on `device`: bf16 where supported, fp16 on older CUDA
+    cards (with a grad scaler), fp32 on MPS, whose autocast is slower than fp32 for this model."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_compile(device: torch.device) -> bool:
+    """torch.compile where it works and pays off; MPS support is incomplete."""
+    return device.type in ("cuda", "cpu")
