@@ -42,11 +42,13 @@ def _register() -> None:
     from nano_gpt.cli import plot
     from nano_gpt.cli import prepare_dataset
     from nano_gpt.cli import export, sample
+    from nano_gpt.cli import eval as eval_command
 
     app.command("sample")(sample.sample)
     app.command("prepare_dataset")(prepare_dataset.prepare_dataset)
     app.command("plot")(plot.plot)
     app.command("export")(export.export)
+    app.command("eval")(eval_command.eval_model)
 
 
 _register()

@@ -1,0 +1,82 @@
+"""`nano-gpt eval`: HellaSwag accuracy and validation loss of pretrained weights or a checkpoint."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model
+from nano_gpt.data import DEFAULT_DATASET_DIR, ShardLoader
+from nano_gpt.devices import resolve_device
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.eval import HellaSwagResult, evaluate_hellaswag, load_hellaswag, validation_loss
+
+logger = logging.getLogger(__name__)
+
+
+def eval_model(
+    pretrained: PretrainedOption = None,
+    checkpoint: CheckpointOption = None,
+    device: DeviceOption = "auto",
+    dataset: Annotated[Optional[str], typer.Option(help="A dataset prepared with `nano-gpt prepare_dataset`, for the validation loss.")] = None,
+    dataset_dir: Annotated[Path, typer.Option(help="Where prepared shards live.")] = DEFAULT_DATASET_DIR,
+    validation_steps: Annotated[int, typer.Option(min=0, help="Mean loss over this many batches of the validation split; 0 skips it.")] = 20,
+    sequence_length: Annotated[Optional[int], typer.Option(min=1, help="Tokens per validation sequence; default: the model's context.")] = None,
+    hellaswag_samples: Annotated[Optional[int], typer.Option("--hellaswag-samples", "--hellaswag_samples", min=0, help="Score the first N HellaSwag examples (default all 10,042; 0 skips HellaSwag).")] = None,
+    hellaswag_file: Annotated[Optional[Path], typer.Option(help="A local HellaSwag jsonl instead of the validation set downloaded into the cache.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="HellaSwag examples, or validation sequences, per forward pass.")] = 16,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Evaluate pretrained GPT-2 weights (default gpt2) or a training checkpoint.
+
+    HellaSwag accuracy (acc: the ending with the lowest total loss, acc_norm: the lowest loss per token) and, with --dataset, the mean validation loss. --debug logs the running accuracy after every example.
+    """
+    torch_device = resolve_device(device)
+    examples = None if hellaswag_samples == 0 else load_hellaswag(hellaswag_file, hellaswag_samples)
+    model = load_model(pretrained, checkpoint).to(torch_device)
+    loader = None
+    if validation_steps > 0 and dataset is None:
+        logger.info("validation loss: skipped; pass --dataset=NAME (prepared by `nano-gpt prepare_dataset`) to measure it")
+    elif validation_steps > 0:
+        T = sequence_length or model.config.block_size
+        if T > model.config.block_size:
+            raise NanoGPTError(f"--sequence-length={T} exceeds the model's context of {model.config.block_size} tokens")
+        loader = ShardLoader(dataset_dir, dataset, "validation", batch_size, T)
+
+    hellaswag = None
+    if examples is not None:
+        console = Console(stderr=True)
+        columns = (TextColumn("hellaswag"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("hellaswag", total=len(examples))
+            hellaswag = evaluate_hellaswag(model, examples, torch_device, batch_size=batch_size,
+                                           on_result=lambda _: progress.advance(task))
+    val_loss = None if loader is None else validation_loss(model, loader, validation_steps, torch_device)
+    _print_summary(hellaswag, val_loss, validation_steps, json_output)
+
+
+def _print_summary(hellaswag: HellaSwagResult | None, val_loss: float | None, validation_steps: int, as_json: bool) -> None:
+    h = hellaswag
+    summary = {
+        "examples": 0 if h is None else h.total,
+        "correct": None if h is None else h.correct,
+        "correct_norm": None if h is None else h.correct_norm,
+        "acc": None if h is None else h.acc,
+        "acc_norm": None if h is None else h.acc_norm,
+        "val_loss": val_loss,
+        "validation_steps": 0 if val_loss is None else validation_steps,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    if h is None:
+        print("hellaswag: skipped")
+    else:
+        print(f"hellaswag examples: {h.total}")
+        print(f"acc:      {h.acc:.4f} ({h.correct}/{h.total})")
+        print(f"acc_norm: {h.acc_norm:.4f} ({h.correct_norm}/{h.total})")
+    print("val_loss: skipped" if val_loss is None else f"val_loss: {val_loss:.4f} (mean of {validation_steps} batches)")
