@@ -75,3 +75,34 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def tinyshakespeare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset dir with TinyShakespeare prepared once for the session (cache seeded from ../shared)."""
+    from nano_gpt.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("tinyshakespeare")
+    cache = root / "cache" / "tinyshakespeare"
+    cache.mkdir(parents=True)
+    shutil.copy(SHARED_DATA / "tinyshakespeare.txt", cache / "input.txt")
+    previous = os.environ.get("NANO_GPT_CACHE")
+    os.environ["NANO_GPT_CACHE"] = str(root / "cache")
+    try:
+        prepare_dataset("tinyshakespeare", dataset_dir=root / "dataset_cache", num_workers=1)
+    finally:
+        if previous is None:
+            del os.environ["NANO_GPT_CACHE"]
+        else:
+            os.environ["NANO_GPT_CACHE"] = previous
+    return root / "dataset_cache"
+
+
+def write_hellaswag_file(path: Path, n: int = 4) -> Path:
+    """A small HellaSwag file in the real format (ctx, endings, label)."""
+    import json
+
+    rows = [{"ctx": f"A man is cooking dinner number {i}. He", "endings": ["cuts the onions.", "flies to the moon.",
+             "reads a book about ships.", "sings loudly."], "label": i % 4} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

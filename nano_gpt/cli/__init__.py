@@ -33,7 +33,7 @@ def _global_options(
         force=True,
     )
     # Libraries' retry chatter would bury our one-line errors; --debug shows it.
-    for noisy in ("urllib3", "httpx", "httpcore", "filelock", "fsspec", "huggingface_hub", "datasets"):
+    for noisy in ("urllib3", "httpx", "httpcore", "filelock", "fsspec", "huggingface_hub", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
@@ -41,10 +41,11 @@ def _register() -> None:
     # Imported here so each subcommand lives in its own module next to this one.
     from nano_gpt.cli import plot
     from nano_gpt.cli import prepare_dataset
-    from nano_gpt.cli import export, sample
+    from nano_gpt.cli import export, sample, train
     from nano_gpt.cli import eval as eval_command
 
     app.command("sample")(sample.sample)
+    app.command("train")(train.train)
     app.command("prepare_dataset")(prepare_dataset.prepare_dataset)
     app.command("plot")(plot.plot)
     app.command("export")(export.export)

@@ -1,0 +1,74 @@
+"""Training maths that needs no data: schedule, accumulation, presets, FLOPs."""
+
+import math
+
+import pytest
+import torch
+
+from nano_gpt import GPT, GPTConfig
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.train import RECIPES, TrainConfig
+from nano_gpt.train.metrics import flops_per_token, step_line
+from nano_gpt.train.optim import learning_rate, make_optimizer
+
+
+def test_gpt2_recipe_is_the_papers() -> None:
+    c = TrainConfig(model="gpt2").resolved()
+    assert (c.total_batch_size, c.max_lr, c.warmup_steps, c.max_steps) == (524_288, 6e-4, 715, 19_073)
+    assert c.max_steps * c.total_batch_size == pytest.approx(10e9, rel=0.001)  # 10B tokens
+    assert set(RECIPES) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt2-xs", "gpt2-xxs"}
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine() -> None:
+    kw = dict(max_lr=6e-4, min_lr=6e-5, warmup_steps=715, max_steps=19_073)
+    assert learning_rate(0, **kw) == pytest.approx(6e-4 / 715)
+    assert learning_rate(357, **kw) == pytest.approx(6e-4 * 358 / 715)
+    assert learning_rate(714, **kw) == pytest.approx(6e-4)
+    assert learning_rate(715, **kw) == pytest.approx(6e-4)
+    midpoint = 715 + (19_073 - 715) // 2
+    assert learning_rate(midpoint, **kw) == pytest.approx((6e-4 + 6e-5) / 2, rel=1e-3)
+    assert learning_rate(19_073, **kw) == pytest.approx(6e-5)
+    assert learning_rate(30_000, **kw) == pytest.approx(6e-5)
+    lrs = [learning_rate(s, **kw) for s in range(715, 19_073, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_gradient_accumulation_fills_the_total_batch() -> None:
+    c = TrainConfig(total_batch_size=524_288, micro_batch_size=16, sequence_length=1024).resolved()
+    assert c.grad_accum_steps(world_size=1) == 32
+    assert c.grad_accum_steps(world_size=8) == 4
+    with pytest.raises(NanoGPTError, match="not divisible"):
+        c.grad_accum_steps(world_size=3)
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("model", "gpt5", "unknown model"), ("dtype", "float8", "unknown --dtype"), ("micro_batch_size", 0, "positive"),
+    ("warmup_steps", 50, "smaller than --max-steps"),
+])
+def test_bad_settings_are_user_errors(field: str, value: object, match: str) -> None:
+    with pytest.raises(NanoGPTError, match=match):
+        TrainConfig(**{field: value, "max_steps": 50}).resolved()
+
+
+def test_weight_decay_applies_to_matrices_only() -> None:
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=64, block_size=8))
+    decayed, plain = make_optimizer(model, 1e-3, 0.1, torch.device("cpu")).param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_flops_per_token_for_gpt2_124m() -> None:
+    model = GPT(GPTConfig.from_preset("gpt2-xxs"))
+    n = model.num_parameters(exclude_embeddings=True)
+    assert n == model.num_parameters() - 1024 * 64
+    # gpt2: N ~ 124M without wpe -> ~ 6 * 123.7M + 12 * 12 * 768 * 1024 per token
+    c = GPTConfig.from_preset("gpt2")
+    assert flops_per_token(c, 123_689_472, 1024) == 6 * 123_689_472 + 12 * 12 * 768 * 1024
+
+
+def test_step_line_has_the_seed_format() -> None:
+    line = step_line(0, 10.99634, 15.34211, 100.0, 5242.88, 6e-4 / 715, None)
+    assert line == "step: 0 | loss: 10.9963 | norm: 15.3421 | dt: 100.00ms | tok/sec: 5242.88 | lr: 0.000001"
+    assert step_line(1, 1, 1, 1, 1, 1, 0.4567).endswith("| mfu: 45.67%")
+    assert math.isclose(0.4567 * 100, 45.67)
