@@ -213,3 +213,16 @@ def test_bad_datasets_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.Mo
 def test_an_unknown_split_is_an_error_naming_the_splits(nano_cache: Path, tmp_path: Path) -> None:
     with pytest.raises(NanoGPTError, match="no split 'test'; its splits are train, validation"):
         prepare_dataset("tinyshakespeare", ["test"], dataset_dir=tmp_path)
+
+
+def test_a_truncated_shard_is_reported_with_the_command_that_repairs_it(tmp_path: Path) -> None:
+    from nano_gpt.data import ShardLoader
+
+    corpus = str(write_jsonl(tmp_path / "corpus.jsonl", documents(50)))
+    result = prepare_dataset(corpus, dataset_dir=tmp_path / "ds", validation_tokens=100, num_workers=1)
+    shard = result["train"].directory / "shard_000000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(NanoGPTError, match="shard_000000.bin is missing or truncated; pass --force"):
+        prepare_dataset(corpus, dataset_dir=tmp_path / "ds", validation_tokens=100, num_workers=1)
+    with pytest.raises(NanoGPTError, match=r"truncated.*`nano-gpt prepare_dataset .*--splits=train .*--force`"):
+        ShardLoader(tmp_path / "ds", corpus, "train", 1, 8)

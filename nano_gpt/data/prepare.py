@@ -15,6 +15,7 @@ rewriting whatever came after, and the manifest is written last. The result does
 runs were killed, nor on the number of workers or the start method.
 """
 
+import hashlib
 import itertools
 import json
 import logging
@@ -32,14 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import hashlib
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, shard_name, shard_ok,
-                                  split_dir, write_json_atomic)
+from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, first_bad_shard, shard_name,
+                                  shard_ok, split_dir, write_json_atomic)
 from nano_gpt.data.sources import Split, dataset_splits
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
@@ -101,7 +100,7 @@ def _batches(documents: Iterable[str], first_document: int) -> Iterator[Batch]:
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
-    get_tokenizer()  # under spawn each worker builds its own (about a second), before the first batch
+    get_tokenizer()  # under spawn each worker builds its own (under a second), before the first batch
 
 
 def _encode_batch(batch: Batch) -> Encoded:
@@ -158,28 +157,22 @@ def _token_pieces(encoded: Iterable[Encoded]) -> Iterator[tuple[int, int, np.nda
             offset += n
 
 
-class _TokensPerSecond(ProgressColumn):
-    """The mean rate since the start: rich's own `speed` swings with results that arrive in bursts."""
-
-    def render(self, task: Task) -> Text:
-        done = task.completed - task.fields["initial"]
-        return Text(f"{done / task.elapsed if task.elapsed else 0:,.0f} tokens/s")
-
-
 class _Progress:
-    """A rich progress bar on a terminal; plain log lines every LOG_EVERY_S seconds otherwise."""
+    """A rich progress bar on a terminal; plain log lines every LOG_EVERY_S seconds otherwise.
+
+    The rate shown is the mean since the start: rich's own `speed` swings with results that arrive in bursts.
+    """
 
     def __init__(self, description: str, total: int | None, completed: int) -> None:
-        self.description, self.completed = description, completed
+        self.description, self.completed, self._initial = description, completed, completed
         self._start = self._last_log = time.monotonic()
-        self._initial = completed
         console = Console(stderr=True)
         self._bar = None
         if console.is_terminal:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} tokens"),
-                                 _TokensPerSecond(), TimeRemainingColumn(), console=console)
+                                 TextColumn("{task.fields[rate]:,.0f} tokens/s"), TimeRemainingColumn(), console=console)
             self._task = self._bar.add_task(description, total=max(total, completed) if total else None,
-                                            completed=completed, initial=completed)
+                                            completed=completed, rate=0)
 
     def __enter__(self) -> "_Progress":
         if self._bar is not None:
@@ -189,7 +182,7 @@ class _Progress:
     def advance(self, n: int) -> None:
         self.completed += n
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.completed)
+            self._bar.update(self._task, completed=self.completed, rate=self._rate())
         elif time.monotonic() - self._last_log >= LOG_EVERY_S:
             self._last_log = time.monotonic()
             logger.info("%s: %s tokens, %s tokens/s", self.description, f"{self.completed:,}", f"{self._rate():,.0f}")
@@ -227,9 +220,9 @@ class _ProgressLog:
             logger.info("%s: the options changed since the interrupted run; starting over", directory)
         if self.records:
             logger.info("%s: resuming after %d shards", directory, len(self.records))
-        write_json_lines = [json.dumps({"options": options})] + [json.dumps(r) for r in self.records]
+        lines = [json.dumps({"options": options})] + [json.dumps(r) for r in self.records]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in write_json_lines))
+        tmp.write_text("".join(line + "\n" for line in lines))
         os.replace(tmp, self.path)
         self._file = open(self.path, "a")
 
@@ -314,8 +307,8 @@ def _finished(directory: Path, options: dict[str, Any]) -> dict[str, Any] | None
     if manifest["options"] != options:
         raise NanoGPTError(f"{directory} was prepared with {_flags(manifest['options'])}, not {_flags(options)}; "
                            "pass --force to prepare it again")
-    if bad := [s["file"] for s in manifest["shards"] if not shard_ok(directory / s["file"], s["tokens"])]:
-        raise NanoGPTError(f"{directory / bad[0]} is missing or truncated; pass --force to prepare the split again")
+    if (bad := first_bad_shard(directory, manifest)) is not None:
+        raise NanoGPTError(f"{bad} is missing or truncated; pass --force to prepare the split again")
     _clean(directory, {s["file"] for s in manifest["shards"]})  # leftovers of a kill after the manifest
     return manifest
 

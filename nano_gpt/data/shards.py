@@ -56,6 +56,12 @@ def shard_ok(path: Path, tokens: int) -> bool:
     return path.is_file() and path.stat().st_size == tokens * SHARD_DTYPE.itemsize
 
 
+def first_bad_shard(directory: Path, manifest: dict[str, Any]) -> Path | None:
+    """The first shard of `manifest` that is missing or of the wrong size (hashing 20 GB would take minutes)."""
+    return next((directory / s["file"] for s in manifest["shards"] if not shard_ok(directory / s["file"], s["tokens"])),
+                None)
+
+
 def read_manifest(dataset_dir: Path, dataset: str, split: str) -> dict[str, Any]:
     """The manifest of a prepared split, its shards checked; else a NanoGPTError naming the command to run."""
     directory = split_dir(dataset_dir, dataset, split)
@@ -65,8 +71,7 @@ def read_manifest(dataset_dir: Path, dataset: str, split: str) -> dict[str, Any]
         raise NanoGPTError(f"the {split} split of dataset {dataset!r} {state} in {directory}; "
                            f"run `{prepare_command(dataset, split, dataset_dir)}`")
     manifest = json.loads(path.read_text())
-    for shard in manifest["shards"]:
-        if not shard_ok(directory / shard["file"], shard["tokens"]):
-            raise NanoGPTError(f"{directory / shard['file']} is missing or truncated; prepare the split again: "
-                               f"`{prepare_command(dataset, split, dataset_dir)} --force`")
+    if (bad := first_bad_shard(directory, manifest)) is not None:
+        raise NanoGPTError(f"{bad} is missing or truncated; prepare the split again: "
+                           f"`{prepare_command(dataset, split, dataset_dir)} --force`")
     return manifest
