@@ -61,8 +61,8 @@ def _tinyshakespeare(validation_tokens: int) -> dict[str, Split]:
 
     def part(train: bool) -> Callable[[], Iterator[str]]:
         def documents() -> Iterator[str]:
-            text = cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
-            text = text.read_text(encoding="utf-8")
+            path = cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
+            text = path.read_text(encoding="utf-8")
             cut = int(0.9 * len(text))
             yield text[:cut] if train else text[cut:]
 
@@ -108,7 +108,8 @@ def _hf_splits(path: str, config: str | None, text_column: str, validation_token
         names = datasets.get_dataset_split_names(path, config)
     except Exception as e:  # unknown dataset or config, offline, gated: all mean "cannot open it"
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NanoGPTError(f"cannot open Hugging Face dataset {path!r} (config {config}): {reason}") from e
+        named = f"{path!r}" if config is None else f"{path!r} (config {config!r})"
+        raise NanoGPTError(f"cannot open Hugging Face dataset {named}: {reason}") from e
 
     def stream(split: str) -> Callable[[], Iterator[str]]:
         def documents() -> Iterator[str]:
