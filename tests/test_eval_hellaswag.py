@@ -126,9 +126,17 @@ def reference_losses(model: GPT, example: HellaSwagExample) -> list[float]:
     return losses
 
 
-def test_batched_scoring_gives_the_results_of_scoring_one_by_one(tiny_gpt: GPT) -> None:
+def test_batched_scoring_gives_the_results_of_scoring_one_by_one(tiny_gpt: GPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hellaswag_module, "MAX_PADDING", 1.0)  # batch any lengths together: plenty of padding
+    batch_rows: list[int] = []
+    hook = tiny_gpt.transformer.wte.register_forward_hook(lambda _m, args, _out: batch_rows.append(args[0].shape[0]))
     examples = make_examples(13, seed=1)
-    batched, single = scores(tiny_gpt, examples, batch_size=5), scores(tiny_gpt, examples, batch_size=1)
+    try:
+        batched = scores(tiny_gpt, examples, batch_size=5)
+    finally:
+        hook.remove()
+    assert batch_rows == [5, 5, 3]
+    single = scores(tiny_gpt, examples, batch_size=1)
     assert sorted(batched) == sorted(single) == list(range(13))
     for i, example in enumerate(examples):
         assert (batched[i].pred, batched[i].pred_norm) == (single[i].pred, single[i].pred_norm)
@@ -136,6 +144,12 @@ def test_batched_scoring_gives_the_results_of_scoring_one_by_one(tiny_gpt: GPT) 
         assert batched[i].losses == pytest.approx(reference_losses(tiny_gpt, example), rel=1e-6, abs=1e-5)
         n_tokens = [len(get_tokenizer().encode_ordinary(" " + e)) for e in example.endings]
         assert batched[i].mean_losses == pytest.approx([s / n for s, n in zip(batched[i].losses, n_tokens)])
+
+
+def test_batches_hold_rows_of_similar_length_so_padding_stays_under_a_tenth() -> None:
+    rows = [(i, hellaswag_module._PackedRow([0] * n, [], [], [], 1, [])) for i, n in enumerate([100, 95, 91, 89, 50, 49, 44, 10])]
+    batches = hellaswag_module._similar_length_batches(rows, batch_size=3)
+    assert [[len(row.tokens) for _, row in batch] for batch in batches] == [[100, 95, 91], [89], [50, 49], [44], [10]]
 
 
 def test_result_counts_match_the_examples_scores(tiny_gpt: GPT) -> None:

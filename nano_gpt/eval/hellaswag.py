@@ -17,7 +17,7 @@ rounding), with less than half the work of the reproduction's one example per (4
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_CACHE_PATH = "hellaswag/hellaswag_val.jsonl"  # under nano_gpt.cache.cache_dir()
 NUM_ENDINGS = 4
+MAX_PADDING = 0.1  # the share of a batch's longest row that a shorter row may leave as padding
 _FORMAT = 'expected one JSON object per line: {"ctx": "...", "endings": [4 strings], "label": 0-3}'
 
 
@@ -166,10 +167,11 @@ class _PackedRow:
     segments: list[int]  # 0 for the context, k + 1 for ending k
     sources: list[int]  # for each ending token (in row order), the index of the token predicting it
     ctx_len: int
+    ending_lengths: list[int]
 
     @classmethod
     def pack(cls, ctx: list[int], endings: list[list[int]]) -> "_PackedRow":
-        row = cls(list(ctx), list(range(len(ctx))), [0] * len(ctx), [], len(ctx))
+        row = cls(list(ctx), list(range(len(ctx))), [0] * len(ctx), [], len(ctx), [len(e) for e in endings])
         for k, ending in enumerate(endings):
             start = len(row.tokens)
             row.tokens.extend(ending)
@@ -205,6 +207,19 @@ def _score_batch(model: GPT, rows: list[_PackedRow], device: torch.device, dtype
     return losses.view(B, NUM_ENDINGS)
 
 
+def _similar_length_batches(rows: list[tuple[int, _PackedRow]], batch_size: int) -> Iterator[list[tuple[int, _PackedRow]]]:
+    """Runs of at most `batch_size` (index, row) pairs from `rows`, sorted longest first, cut where a
+    row would be more than MAX_PADDING padding: on a CPU padding costs as much as real tokens."""
+    batch: list[tuple[int, _PackedRow]] = []
+    for item in rows:
+        if batch and (len(batch) == batch_size or len(item[1].tokens) < (1 - MAX_PADDING) * len(batch[0][1].tokens)):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
 @torch.inference_mode()
 def evaluate_hellaswag(
     model: GPT | DistributedDataParallel,
@@ -218,7 +233,7 @@ def evaluate_hellaswag(
 ) -> HellaSwagResult:
     """Accuracy on `examples` of a model already on `device`.
 
-    `batch_size` examples (four candidates each) share a forward pass. Under DDP each rank scores
+    Up to `batch_size` examples of similar length share a forward pass. Under DDP each rank scores
     examples i with i % world_size == rank and the counts are summed over ranks. `on_result` sees
     each example's scores as they come (not in input order); the running acc_norm is logged at DEBUG.
     """
@@ -228,17 +243,14 @@ def evaluate_hellaswag(
     was_training = model.training
     model.eval()
     block_size = model.config.block_size
-    todo = []  # (index, packed row, ending lengths)
-    for i in range(rank, len(examples), world_size):
-        ctx, endings = _tokenize(examples[i], block_size)
-        todo.append((i, _PackedRow.pack(ctx, endings), [len(e) for e in endings]))
-    todo.sort(key=lambda item: -len(item[1].tokens))  # little padding; the longest first, so OOM shows at once
+    rows = [(i, _PackedRow.pack(*_tokenize(examples[i], block_size))) for i in range(rank, len(examples), world_size)]
+    rows.sort(key=lambda item: -len(item[1].tokens))  # the longest first, so running out of memory shows at once
     total = correct = correct_norm = 0
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        losses = _score_batch(model, [row for _, row, _ in batch], device, dtype).tolist()
-        for (i, _, lengths), loss in zip(batch, losses):
-            score = ExampleScore(i, examples[i].label, tuple(loss), tuple(s / n for s, n in zip(loss, lengths)))
+    for batch in _similar_length_batches(rows, batch_size):
+        losses = _score_batch(model, [row for _, row in batch], device, dtype).tolist()
+        for (i, row), loss in zip(batch, losses):
+            means = tuple(s / n for s, n in zip(loss, row.ending_lengths))
+            score = ExampleScore(i, examples[i].label, tuple(loss), means)
             total += 1
             correct += score.pred == score.label
             correct_norm += score.pred_norm == score.label
