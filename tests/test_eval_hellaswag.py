@@ -12,6 +12,7 @@ from transformers import GPT2LMHeadModel
 
 from nano_gpt import GPT, GPTConfig, get_tokenizer
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.tokenizer import EOT_TOKEN
 from nano_gpt.eval import ExampleScore, HellaSwagExample, evaluate_hellaswag, load_hellaswag
 from nano_gpt.eval import hellaswag as hellaswag_module
 
@@ -112,10 +113,10 @@ def test_acc_picks_the_lowest_total_loss_and_acc_norm_the_lowest_mean() -> None:
     assert (score.pred, score.pred_norm) == (0, 1)
 
 
-def reference_losses(model: GPT, example: HellaSwagExample) -> list[float]:
+def reference_losses(model: GPT, example: HellaSwagExample, ctx_tokens: list[int] | None = None) -> list[float]:
     """Each candidate on its own through GPT.forward: the loss summed over the ending's tokens."""
     enc = get_tokenizer()
-    ctx, losses = enc.encode_ordinary(example.ctx), []
+    ctx, losses = ctx_tokens or enc.encode_ordinary(example.ctx), []
     for ending in example.endings:
         end = enc.encode_ordinary(" " + ending)
         tokens = torch.tensor([ctx + end])  # (1, T)
@@ -171,6 +172,13 @@ def test_contexts_longer_than_the_window_are_cut_from_the_left(tiny_gpt: GPT) ->
     cut = HellaSwagExample(kept, long.endings, long.label)
     assert enc.encode_ordinary(kept) == enc.encode_ordinary(long.ctx)[-(64 - longest) :]
     assert scores(tiny_gpt, [long])[0].losses == pytest.approx(reference_losses(tiny_gpt, cut), rel=1e-6, abs=1e-5)
+
+
+def test_an_empty_context_is_scored_after_endoftext(tiny_gpt: GPT) -> None:
+    example = make_examples(1, seed=6)[0]
+    empty = HellaSwagExample("", example.endings, example.label)
+    expected = reference_losses(tiny_gpt, example, ctx_tokens=[EOT_TOKEN])
+    assert scores(tiny_gpt, [empty])[0].losses == pytest.approx(expected, rel=1e-6, abs=1e-5)
 
 
 def test_ranks_score_disjoint_examples_that_add_up_to_all(tiny_gpt: GPT) -> None:

@@ -84,8 +84,10 @@ class HellaSwagResult:
 def _parse_line(line: bytes, where: str) -> HellaSwagExample:
     try:
         obj = json.loads(line)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise NanoGPTError(f"{where}: not valid JSON ({e}); {_FORMAT}") from e
+    except json.JSONDecodeError as e:
+        raise NanoGPTError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {_FORMAT}") from e
+    except UnicodeDecodeError as e:
+        raise NanoGPTError(f"{where}: not valid JSON (not UTF-8); {_FORMAT}") from e
     if not isinstance(obj, dict):
         raise NanoGPTError(f"{where}: not a JSON object; {_FORMAT}")
     ctx, endings, label = obj.get("ctx"), obj.get("endings"), obj.get("label")
