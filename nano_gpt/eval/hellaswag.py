@@ -146,7 +146,8 @@ def _hidden_states(model: GPT, idx: torch.Tensor, pos: torch.Tensor, mask: torch
 
     The model's own forward is causal over one sequence; here a row holds a context and its four
     endings, each ending at the positions it would have alone and seeing only the context and itself.
-    Everything but the attention call is the model's own modules.
+    Only the attention (heads split as in CausalSelfAttention, then a masked scaled_dot_product_attention)
+    is spelled out here; every weight is applied through the model's own modules.
     """
     x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (B, T, C)
     B, T, C = x.shape
