@@ -67,11 +67,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE_INIT = True
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        if cache is None:
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             k, v = cache.update(input_pos, k, v)  # (B, nh, input_pos + T, hs)
@@ -105,8 +108,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, input_pos)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, input_pos, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -154,18 +158,34 @@ class GPT(nn.Module):
         With `caches` (one per layer, see `new_kv_caches`), idx holds the tokens at positions
         input_pos..input_pos+T and earlier positions are read from the cache.
         """
-        B, T = idx.shape
-        if input_pos + T > self.config.block_size:
-            raise ValueError(f"sequence of length {input_pos + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(input_pos, input_pos + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if caches is None else caches[i], input_pos)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        logits = self.lm_head(self.hidden_states(idx, caches, input_pos))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        caches: list[KVCache] | None = None,
+        input_pos: int = 0,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final LayerNorm's output (B, T, C), before the vocabulary projection.
+
+        `positions` (B, T) and a boolean attention `mask` (B, 1, T, T) replace the default positions and
+        causal mask; HellaSwag uses them to score four endings of one context in a single row.
+        """
+        B, T = idx.shape
+        if positions is None:
+            if input_pos + T > self.config.block_size:
+                raise ValueError(f"sequence of length {input_pos + T} exceeds block_size {self.config.block_size}")
+            positions = torch.arange(input_pos, input_pos + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if caches is None else caches[i], input_pos, mask)
+        return self.transformer.ln_f(x)  # (B, T, C)
 
     def new_kv_caches(self, batch_size: int, max_length: int | None = None) -> list[KVCache]:
         """One preallocated cache per layer, on the model's device and dtype."""

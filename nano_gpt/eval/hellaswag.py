@@ -141,26 +141,6 @@ def _tokenize(example: HellaSwagExample, block_size: int) -> tuple[list[int], li
     return ctx[-(block_size - max(map(len, endings))) :], endings
 
 
-def _hidden_states(model: GPT, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """GPT.forward up to the final LayerNorm (B, T, C), with per-token positions and an attention mask.
-
-    The model's own forward is causal over one sequence; here a row holds a context and its four
-    endings, each ending at the positions it would have alone and seeing only the context and itself.
-    Only the attention (heads split as in CausalSelfAttention, then a masked scaled_dot_product_attention)
-    is spelled out here; every weight is applied through the model's own modules.
-    """
-    x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (B, T, C)
-    B, T, C = x.shape
-    for block in model.transformer.h:
-        attn = block.attn
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
-        x = x + attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
-        x = x + block.mlp(block.ln_2(x))
-    return model.transformer.ln_f(x)  # (B, T, C)
-
-
 @dataclass(frozen=True)
 class _PackedRow:
     """An example as one row: the context, then each ending at the positions it would have alone."""
@@ -202,7 +182,7 @@ def _score_batch(model: GPT, rows: list[_PackedRow], device: torch.device, dtype
     same_or_ctx = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, T, T): query i sees key j
     mask = (causal & same_or_ctx)[:, None]  # (B, 1, T, T); padding sees only the context and itself
     with autocast(device, dtype):
-        h = _hidden_states(model, idx, pos, mask).flatten(0, 1)  # (B * T, C)
+        h = model.hidden_states(idx, positions=pos, mask=mask).flatten(0, 1)  # (B * T, C)
         logits = model.lm_head(h[torch.tensor(sources, device=device)])  # (M, V) for the M ending tokens
     token_losses = F.cross_entropy(logits.float(), torch.tensor(targets, device=device), reduction="none")  # (M,)
     losses = torch.zeros(B * NUM_ENDINGS, device=device)
