@@ -46,7 +46,7 @@ def test_a_run_killed_twice_then_rerun_ends_with_the_same_shards_and_manifest(tm
         run_until_shards_then_kill(args, train_dir, shards)
         assert (train_dir / PROGRESS).exists() and not (train_dir / "manifest.json").exists()
 
-    result = run_cli(*args, env={"COLUMNS": "300"})
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "resuming after" in result.stdout + result.stderr
     assert files_under(tmp_path / "killed") == files_under(tmp_path / "reference")

@@ -12,7 +12,6 @@ from nano_gpt.checkpoint import save_checkpoint
 from nano_gpt.data import ShardLoader, prepare_dataset
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag, validation_loss
 
-WIDE = {"COLUMNS": "200"}  # rich wraps log lines at 80 columns when not on a terminal
 ROWS = [
     {"ctx": "A man is sitting on a roof. He", "endings": ["is using wrap to wrap a pair of skis.",
      "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."], "label": 3},
@@ -41,9 +40,9 @@ def test_help_lists_the_options() -> None:
 def test_debug_logs_the_running_accuracy_per_example_then_a_summary(tiny_hf_gpt2_vocab_dir: Path,
                                                                     hellaswag_file: Path) -> None:
     result = run_cli("--debug", "eval", f"--pretrained={tiny_hf_gpt2_vocab_dir}", f"--hellaswag-file={hellaswag_file}",
-                     "--validation-steps=0", "--device=cpu", env=WIDE)
+                     "--validation-steps=0", "--device=cpu")
     assert result.returncode == 0, result.stderr
-    running = re.findall(r"hellaswag: accuracy: (\d\.\d{4}) \| total: (\d+) \| correct: (\d+)", result.stdout)
+    running = re.findall(r"hellaswag: accuracy: (\d\.\d{4}) \| total: (\d+) \| correct: (\d+)", result.stderr)
     assert [int(total) for _, total, _ in running] == [1, 2, 3]
     assert all(float(acc) == pytest.approx(int(c) / int(t), abs=1e-4) for acc, t, c in running)
     expected = evaluate_hellaswag(GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir)), load_hellaswag(hellaswag_file), "cpu")
@@ -83,10 +82,10 @@ def test_validation_loss_of_a_checkpoint_on_a_prepared_dataset(tmp_path: Path, t
 def test_without_a_dataset_validation_is_skipped_with_an_info_line(tiny_hf_gpt2_vocab_dir: Path,
                                                                    hellaswag_file: Path) -> None:
     result = run_cli("eval", f"--pretrained={tiny_hf_gpt2_vocab_dir}", f"--hellaswag-file={hellaswag_file}",
-                     "--hellaswag-samples=1", env=WIDE)
+                     "--hellaswag-samples=1")
     assert result.returncode == 0, result.stderr
-    assert "validation loss: skipped; pass --dataset=NAME" in result.stdout
-    assert "hellaswag: accuracy" not in result.stdout  # per-example lines only under --debug
+    assert "validation loss: skipped; pass --dataset=NAME" in result.stderr  # an info line: logs go to stderr
+    assert "hellaswag: accuracy" not in result.stdout + result.stderr  # per-example lines only under --debug
     assert "val_loss: skipped" in result.stdout
 
 

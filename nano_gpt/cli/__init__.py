@@ -4,6 +4,7 @@ import logging
 import sys
 
 import typer
+from rich.console import Console
 from rich.logging import RichHandler
 
 from nano_gpt.errors import NanoGPTError
@@ -25,13 +26,15 @@ def _global_options(
 ) -> None:
     global _debug
     _debug = debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(show_path=debug, rich_tracebacks=True, console=None)],
-        force=True,
-    )
+    # Logs go to stderr, so stdout carries only results (`--json`, samples, step lines). Rich formatting
+    # on a terminal; plain unwrapped lines when piped, so grep and log files see whole lines.
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=debug, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
     # Libraries' retry chatter would bury our one-line errors; --debug shows it.
     for noisy in ("urllib3", "httpx", "httpcore", "filelock", "fsspec", "huggingface_hub", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
