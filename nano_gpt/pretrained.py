@@ -21,7 +21,7 @@ HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-mediu
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
     """Whether the Hub's host resolves: huggingface_hub retries connection errors with backoff
     (about 20 s), so an offline machine is told at once instead."""
     from huggingface_hub import constants
@@ -55,7 +55,7 @@ def _download(repo_id: str) -> Path:
     except (LocalEntryNotFoundError, NanoGPTError):
         pass
     try:
-        if not _hub_reachable():
+        if not hub_reachable():
             raise ConnectionError("no network")
         return _fetch(repo_id, local_only=False)
     except NanoGPTError:

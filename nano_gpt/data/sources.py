@@ -97,11 +97,11 @@ def _hf_splits(path: str, config: str | None, text_column: str, validation_token
                approx_tokens: int | None = None) -> dict[str, Split]:
     import datasets
 
-    from nano_gpt.pretrained import _hub_reachable  # a quick offline check: datasets retries for long
+    from nano_gpt.pretrained import hub_reachable  # a quick offline check: datasets retries for long
 
     if not path:
         raise NanoGPTError("--dataset=hf: needs a dataset: --dataset=hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")
-    if not Path(path).expanduser().exists() and not os.environ.get("HF_DATASETS_OFFLINE") and not _hub_reachable():
+    if not Path(path).expanduser().exists() and not os.environ.get("HF_DATASETS_OFFLINE") and not hub_reachable():
         raise NanoGPTError(f"cannot reach the Hugging Face Hub for dataset {path!r}; connect to the network, "
                            "or pass local files: --dataset=./corpus/*.jsonl")
     try:
