@@ -11,35 +11,24 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 import nano_gpt.export
 from conftest import assert_one_line_error, run_cli
 from nano_gpt import GPT, GPTConfig, generate, get_tokenizer
-from nano_gpt.checkpoint import model_from_checkpoint, save_checkpoint
+from nano_gpt.checkpoint import model_from_checkpoint
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.export import export_model
 from nano_gpt.tokenizer import VOCAB_SIZE
+from nano_gpt.train import TrainConfig, train
 
 EXPORTED_FILES = {"model.safetensors", "config.json", "generation_config.json", "vocab.json", "merges.txt",
                   "tokenizer.json", "tokenizer_config.json"}
 
 
-def train_tiny_checkpoint(folder: Path, steps: int = 3) -> Path:
-    """Stands in for `nano-gpt train`: a tiny GPT with the padded 50304 vocabulary, a few real AdamW
-    steps on random tokens, saved in the training checkpoint format."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        tokens = torch.randint(0, VOCAB_SIZE, (4, 33))  # real token ids only, as the data loader gives
-        _, loss = model(tokens[:, :-1], targets=tokens[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    path = folder / f"checkpoint_{steps:06d}.bin"
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config.to_dict(), "step": steps})
-    return path
-
-
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("checkpoints"))
+def trained_checkpoint(tinyshakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `nano-gpt train` run: gpt2-xxs (padded 50304 vocabulary), a few steps on TinyShakespeare."""
+    config = TrainConfig(model="gpt2-xxs", dataset="tinyshakespeare", dataset_dir=str(tinyshakespeare_dir),
+                         device="cpu", sequence_length=32, micro_batch_size=4, total_batch_size=128, max_steps=3,
+                         warmup_steps=1, validation_steps=0, hellaswag_samples=0, compile=False, dtype="float32",
+                         checkpoint_dir=str(tmp_path_factory.mktemp("checkpoints")))
+    return train(config).checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +49,16 @@ def test_export_writes_a_complete_gpt2_folder_in_openai_layout(exported_dir: Pat
     assert _leftovers(exported_dir.parent) == []
     config = json.loads((exported_dir / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
-    assert (config["n_ctx"], config["n_positions"], config["vocab_size"]) == (64, 64, VOCAB_SIZE)
-    assert (config["n_layer"], config["n_head"], config["n_embd"]) == (2, 2, 32)
+    assert (config["n_ctx"], config["n_positions"], config["vocab_size"]) == (1024, 1024, VOCAB_SIZE)
+    assert (config["n_layer"], config["n_head"], config["n_embd"]) == (4, 4, 64)
     assert config["activation_function"] == "gelu_new" and config["layer_norm_epsilon"] == 1e-5
     assert config["bos_token_id"] == config["eos_token_id"] == 50256
     assert json.loads((exported_dir / "generation_config.json").read_text())["eos_token_id"] == 50256
     weights = load_file(exported_dir / "model.safetensors")
     assert "lm_head.weight" not in weights and not any(k.startswith("transformer.") for k in weights)
-    assert weights["wte.weight"].shape == (VOCAB_SIZE, 32)  # padding rows 50257..50303 cut
-    assert weights["h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out)
-    assert weights["h.1.mlp.c_proj.weight"].shape == (128, 32)
+    assert weights["wte.weight"].shape == (VOCAB_SIZE, 64)  # padding rows 50257..50303 cut
+    assert weights["h.0.attn.c_attn.weight"].shape == (64, 192)  # Conv1D: (in, out)
+    assert weights["h.1.mlp.c_proj.weight"].shape == (256, 64)
 
 
 def test_transformers_gives_the_checkpoint_logits(exported_dir: Path, trained_checkpoint: Path) -> None:
@@ -113,7 +102,7 @@ def test_auto_tokenizer_encodes_like_ours(exported_dir: Path, nano_cache: Path) 
         "Hello, I'm a language model,<|endoftext|> héllo 日本語 🤖\n\n   spaces\ttabs  ",
     ]
     hf = AutoTokenizer.from_pretrained(exported_dir)
-    assert hf.model_max_length == 64 and hf.eos_token_id == 50256
+    assert hf.model_max_length == 1024 and hf.eos_token_id == 50256
     for text in texts:
         ids = hf.encode(text)
         assert ids == get_tokenizer().encode(text, allowed_special="all")

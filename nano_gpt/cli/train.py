@@ -34,7 +34,7 @@ def train(
     checkpoint_dir: Annotated[str, typer.Option(help="Where checkpoints go.")] = _D.checkpoint_dir,
     log_file: Annotated[Optional[str], typer.Option(help="JSON-lines log of every step and eval (default <checkpoint-dir>/train_log.jsonl).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA and CPU, off on MPS).")] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where supported, fp16 + grad scaler on older GPUs, fp32 on MPS), float32, bfloat16 or float16.")] = _D.dtype,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on recent GPUs and AMX CPUs, fp16 + grad scaler on older GPUs, else fp32), float32, bfloat16 or float16.")] = _D.dtype,
     seed: Annotated[int, typer.Option(help="Seed for the initial weights and the data order.")] = _D.seed,
     shuffle: Annotated[bool, typer.Option(help="Shuffle shard and document order each epoch.")] = _D.shuffle,
     resume: Annotated[Optional[str], typer.Option(help="Continue from a checkpoint file, or `auto` for the newest in --checkpoint-dir.")] = None,
