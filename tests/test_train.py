@@ -189,3 +189,20 @@ def test_bad_train_input_is_a_one_line_error(tinyshakespeare_dir: Path, tmp_path
     overridden = {a.split("=")[0] for a in args}
     result = run_cli("train", *[a for a in base if a.split("=")[0] not in overridden], *args)
     assert_one_line_error(result, *fragments)
+
+
+def test_pretrained_weights_are_the_starting_point_for_fine_tuning(tinyshakespeare_dir: Path, tmp_path: Path,
+                                                                   tiny_hf_gpt2_vocab_dir: Path) -> None:
+    from nano_gpt import GPT
+    from nano_gpt.data import ShardLoader
+
+    config = _config(tinyshakespeare_dir, tmp_path, pretrained=str(tiny_hf_gpt2_vocab_dir), max_steps=2, warmup_steps=1)
+    result = train(config)
+    state = load_checkpoint(result.checkpoint)
+    assert (state["model_config"]["vocab_size"], state["model_config"]["block_size"]) == (50257, 128)
+    # The first step's loss is the pretrained model's loss on the same two micro-batches.
+    model = GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir))
+    loader = ShardLoader(tinyshakespeare_dir, "tinyshakespeare", "train", 4, 32, shuffle=True, seed=config.seed)
+    with torch.no_grad():
+        expected = sum(model(*loader.next_batch())[1].item() for _ in range(2)) / 2
+    assert result.losses[0] == pytest.approx(expected, abs=1e-5)
