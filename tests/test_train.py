@@ -74,6 +74,16 @@ def test_stop_then_resume_gives_identical_losses_and_weights(straight_run: tuple
     assert steps == list(range(6))  # the resumed log reads as one run
 
 
+def test_resuming_with_other_run_settings_warns(straight_run: tuple, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    config, _, _ = straight_run
+    first = dataclasses.replace(config, checkpoint_dir=str(tmp_path), stop_at_step=0)
+    train(first)
+    with caplog.at_level("WARNING"):
+        train(dataclasses.replace(first, stop_at_step=1, resume="auto", seed=7))
+    assert "seed 1337 -> 7" in caplog.text and "differ from the checkpoint" in caplog.text
+
+
 def test_gradient_accumulation_equals_one_big_batch(straight_run: tuple, tmp_path: Path) -> None:
     config, losses, checkpoint = straight_run  # micro batch 4, 2 accumulation steps
     big = train(dataclasses.replace(config, micro_batch_size=8, checkpoint_dir=str(tmp_path)))

@@ -86,6 +86,19 @@ def _resume_path(config: TrainConfig) -> Path | None:
     return Path(config.resume)
 
 
+# Settings that shape the batches or the schedule: changing them on resume makes a different run.
+_RUN_DEFINING = ("dataset", "sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "warmup_steps",
+                 "max_lr", "min_lr_ratio", "weight_decay", "seed", "shuffle")
+
+
+def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
+    changed = [f"{k} {saved[k]} -> {getattr(config, k)}" for k in _RUN_DEFINING
+               if k in saved and saved[k] != getattr(config, k)]
+    if changed:
+        logger.warning("resuming with settings that differ from the checkpoint's (%s); the run will not match an "
+                       "uninterrupted one", ", ".join(changed))
+
+
 def _build_model(config: TrainConfig, resume_state: dict | None) -> GPT:
     if resume_state is not None:
         model = GPT(GPTConfig.from_dict(resume_state["model_config"]))
@@ -132,6 +145,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
             torch.cuda.set_rng_state(resume_state["rng"]["cuda"], device)
         start_step = resume_state["step"] + 1
         logger.info("resuming from %s at step %d", resume_file, start_step)
+        _warn_if_changed(resume_state.get("train_config", {}), config)
 
     raw_model = model
     if dist_info.enabled:
