@@ -17,10 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
+    """The project's download cache: $NANO_GPT_CACHE, else ~/.cache/nano_gpt."""
     return Path(os.environ.get("NANO_GPT_CACHE", Path.home() / ".cache" / "nano_gpt")).expanduser()
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks so large files don't fill memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -33,7 +35,7 @@ def cached_download(url: str, relative_path: str, sha256: str | None = None, tim
     path = cache_dir() / relative_path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
+        tmp = path.with_name(f"{path.name}.part{os.getpid()}")  # several ranks may download at once
         logger.info("downloading %s to %s", url, path)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:

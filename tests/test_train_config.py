@@ -43,11 +43,13 @@ def test_gradient_accumulation_fills_the_total_batch() -> None:
 
 @pytest.mark.parametrize(("field", "value", "match"), [
     ("model", "gpt5", "unknown model"), ("dtype", "float8", "unknown --dtype"), ("micro_batch_size", 0, "positive"),
-    ("warmup_steps", 50, "smaller than --max-steps"),
+    ("warmup_steps", 50, "smaller than --max-steps"), ("max_steps", 0, "--max-steps must be positive"),
+    ("max_lr", 0.0, "--max-lr must be positive"), ("hellaswag_samples", -1, "must not be negative"),
 ])
 def test_bad_settings_are_user_errors(field: str, value: object, match: str) -> None:
+    # An explicit 0 is refused, never silently replaced by the preset's value.
     with pytest.raises(NanoGPTError, match=match):
-        TrainConfig(**{field: value, "max_steps": 50}).resolved()
+        TrainConfig(**{"max_steps": 50, field: value}).resolved()
 
 
 def test_weight_decay_applies_to_matrices_only() -> None:

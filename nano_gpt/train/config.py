@@ -3,6 +3,9 @@
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
+from nano_gpt.data import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
 
 
@@ -25,7 +28,9 @@ RECIPES: dict[str, PresetRecipe] = {
     "gpt2-xxs": PresetRecipe(8_192, 3e-3, 50, 1_000),
 }
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class TrainConfig:
     model: str = "gpt2"
     pretrained: str | None = None  # fine-tune from these weights instead of a random init
     dataset: str = "finewebedu"
-    dataset_dir: str = "dataset_cache"
+    dataset_dir: str = str(DEFAULT_DATASET_DIR)
     device: str = "auto"
     sequence_length: int = 1024
     micro_batch_size: int = 16
@@ -65,18 +70,24 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise NanoGPTError(f"unknown --dtype={self.dtype}; choose one of: {', '.join(DTYPES)}")
         recipe = RECIPES.get(self.model, RECIPES["gpt2"])
+        def preset(value: float | None, default: float) -> float:
+            return default if value is None else value  # an explicit 0 stays 0, and is refused below
+
         filled = dataclasses.replace(
             self,
-            total_batch_size=self.total_batch_size or recipe.total_batch_size,
-            max_steps=self.max_steps or recipe.max_steps,
-            warmup_steps=recipe.warmup_steps if self.warmup_steps is None else self.warmup_steps,
-            max_lr=self.max_lr or recipe.max_lr,
+            total_batch_size=preset(self.total_batch_size, recipe.total_batch_size),
+            max_steps=preset(self.max_steps, recipe.max_steps),
+            warmup_steps=preset(self.warmup_steps, recipe.warmup_steps),
+            max_lr=preset(self.max_lr, recipe.max_lr),
             log_file=self.log_file or f"{self.checkpoint_dir}/train_log.jsonl",
         )
         for name in ("sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "eval_steps",
-                     "checkpoint_steps"):
+                     "checkpoint_steps", "max_lr"):
             if getattr(filled, name) <= 0:
                 raise NanoGPTError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("warmup_steps", "validation_steps", "hellaswag_samples"):
+            if (getattr(filled, name) or 0) < 0:
+                raise NanoGPTError(f"--{name.replace('_', '-')} must not be negative")
         if filled.warmup_steps >= filled.max_steps:
             raise NanoGPTError(f"--warmup-steps={filled.warmup_steps} must be smaller than --max-steps={filled.max_steps}")
         if not 0 <= filled.min_lr_ratio <= 1:
