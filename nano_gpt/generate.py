@@ -64,7 +64,10 @@ def generate(
     tokens[:, :T] = prompt
     finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
     pos = T
-    logits, _ = model(prompt, caches=caches)
+    if use_cache:  # only the last position's logits are needed: skip the vocabulary projection elsewhere
+        logits = model.lm_head(model.hidden_states(prompt, caches)[:, -1:])  # (B, 1, V)
+    else:
+        logits, _ = model(prompt)
     while True:
         # Columns past the tokenizer's 50257 are padding (GPTConfig.vocab_size 50304): no text decodes
         # from them, so they are never sampled, and a padded model samples exactly as its export does.

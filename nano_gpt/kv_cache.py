@@ -20,10 +20,6 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
-    @property
-    def max_length(self) -> int:
-        return self.k.shape[2]
-
     def update(self, input_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at positions input_pos..input_pos+T; return all keys/values so far."""
         end = input_pos + k.shape[2]

@@ -72,16 +72,16 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(input_pos, k, v)  # (B, nh, input_pos + T, hs)
+            # A single new token may see every cached position; a chunk after cached positions needs the
+            # causal mask shifted by them (a first chunk is plain causal, which keeps the flash kernel).
+            if mask is None and T > 1 and input_pos > 0:
+                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(input_pos)
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            k, v = cache.update(input_pos, k, v)  # (B, nh, input_pos + T, hs)
-            # A single new token may see every cached position; a chunk needs the causal mask shifted
-            # by the positions already cached.
-            mask = None if T == 1 else torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(input_pos)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
@@ -161,6 +161,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden_states(idx, caches, input_pos))  # (B, T, V)
         loss = None
         if targets is not None:
+            # (B * T, V) against (B * T,); in fp32 even under autocast, as the softmax over 50k logits needs it
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
