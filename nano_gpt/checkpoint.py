@@ -19,6 +19,7 @@ _NAME = re.compile(r"checkpoint_(\d+)\.bin")
 
 
 def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    """Where the checkpoint after `step` goes: checkpoint_{step:06d}.bin."""
     return Path(checkpoint_dir) / f"checkpoint_{step:06d}.bin"
 
 
@@ -62,9 +63,13 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def model_from_checkpoint(path: Path) -> GPT:
-    """The trained model in a checkpoint, on the CPU in fp32."""
-    state = load_checkpoint(path)
+def model_from_state(state: dict[str, Any]) -> GPT:
+    """The GPT a loaded checkpoint holds."""
     model = GPT(GPTConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    return model.float().eval()
+    return model
+
+
+def model_from_checkpoint(path: Path) -> GPT:
+    """The trained model in a checkpoint, on the CPU in fp32."""
+    return model_from_state(load_checkpoint(path)).float().eval()

@@ -56,18 +56,18 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over ranks in place (identity without a process group)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+def world_size() -> int:
+    """Processes in the group, 1 without one."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (identity without a process group)."""
+    if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True if any rank's flag is set, so all ranks take the same branch (e.g. stopping on Ctrl-C)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over ranks in place (identity without a process group)."""
+    return all_reduce_sum(t).div_(world_size())

@@ -163,11 +163,10 @@ def bench_generate(device: torch.device, new_tokens: int = 100, sequences: int =
 def bench_loss_parity(device: torch.device, steps: int = 50) -> dict:
     """Loss after `steps` steps on TinyShakespeare: the device's default precision and compile vs fp32 eager,
     same init and batches (the train benchmark's shape)."""
-    from nano_gpt.cache import cached_download
-    from nano_gpt.data.sources import TINYSHAKESPEARE_SHA256, TINYSHAKESPEARE_URL
+    from nano_gpt.data.sources import tinyshakespeare_path
     from nano_gpt.tokenizer import get_tokenizer
 
-    text = cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256).read_text()
+    text = tinyshakespeare_path().read_text()
     tokens = torch.tensor(get_tokenizer().encode_ordinary(text))
     per_step = MICRO_BATCH * SEQUENCE
 

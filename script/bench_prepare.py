@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from nano_gpt.cache import cached_download
 from nano_gpt.data import prepare_dataset
 from nano_gpt.data.prepare import available_cpus
-from nano_gpt.data.sources import TINYSHAKESPEARE_SHA256, TINYSHAKESPEARE_URL
+from nano_gpt.data.sources import tinyshakespeare_path
 from nano_gpt.tokenizer import get_tokenizer
 
 
@@ -36,7 +35,7 @@ def _cpu_seconds() -> float:
 def bench_prepare(repeats: int = 10, num_workers: int | None = None, start_method: str | None = None,
                   rounds: int = 3) -> dict[str, float | int | str | None]:
     """Tokens/s of prepare_dataset and of single-thread encode_ordinary on TinyShakespeare x `repeats`."""
-    path = cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
+    path = tinyshakespeare_path()
     text = path.read_text(encoding="utf-8")
     encoding = get_tokenizer()  # built before timing: both sides use the built tokenizer
     single, single_cpu, single_numpy = [], [], []

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nano_gpt.data.sources import TINYSHAKESPEARE_SHA256
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 # Never touch the network from tests: hub look-ups fail at once instead of timing out.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,6 +60,11 @@ def nano_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy(src, cache / "tinyshakespeare" / "input.txt")
     monkeypatch.setenv("NANO_GPT_CACHE", str(cache))
     return cache
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` with its bytes, to compare two runs' outputs exactly."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, files_under, run_cli
 from data_corpus import documents, write_jsonl
 from nano_gpt.data import prepare, prepare_dataset
 from nano_gpt.data.prepare import PreparedSplit
@@ -34,10 +34,6 @@ def read_split(split: PreparedSplit) -> np.ndarray:
     tokens = np.concatenate(parts)
     assert len(tokens) == split.manifest["tokens"]
     return tokens
-
-
-def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_tinyshakespeare_prepares_to_301967_and_36060_tokens_one_document_each(nano_cache: Path, tmp_path: Path) -> None:

@@ -7,14 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import files_under, run_cli
 from data_corpus import documents, write_jsonl
 from nano_gpt.data import dataset_slug, prepare_dataset
 from nano_gpt.data.shards import PROGRESS
-
-
-def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def run_until_shards_then_kill(args: list[str], shard_dir: Path, shards: int) -> None:

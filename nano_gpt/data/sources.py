@@ -56,13 +56,17 @@ def _head_and_tail(documents: Callable[[], Iterator[str]], validation_tokens: in
     }
 
 
+def tinyshakespeare_path() -> Path:
+    """The corpus in the project cache, downloaded and sha256-checked on first use."""
+    return cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
+
+
 def _tinyshakespeare(validation_tokens: int) -> dict[str, Split]:
     """One document, split 90/10 at a character: each split is `<|endoftext|>` plus its part's tokens."""
 
     def part(train: bool) -> Callable[[], Iterator[str]]:
         def documents() -> Iterator[str]:
-            path = cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
-            text = path.read_text(encoding="utf-8")
+            text = tinyshakespeare_path().read_text(encoding="utf-8")
             cut = int(0.9 * len(text))
             yield text[:cut] if train else text[cut:]
 

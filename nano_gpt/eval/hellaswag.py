@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from nano_gpt.cache import cached_download
 from nano_gpt.devices import autocast
+from nano_gpt.distributed import all_reduce_sum
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
 from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
@@ -241,9 +241,7 @@ def evaluate_hellaswag(
             if on_result is not None:
                 on_result(score)
     model.train(was_training)
-    if world_size > 1 and dist.is_initialized():
-        with torch.inference_mode(False):
-            counts = torch.tensor([total, correct, correct_norm], dtype=torch.long, device=device)
-            dist.all_reduce(counts)
-        total, correct, correct_norm = counts.tolist()
+    with torch.inference_mode(False):  # collectives write in place, which inference tensors forbid
+        counts = all_reduce_sum(torch.tensor([total, correct, correct_norm], dtype=torch.long, device=device))
+    total, correct, correct_norm = counts.tolist()
     return HellaSwagResult(total, correct, correct_norm)

@@ -3,9 +3,9 @@
 from typing import Protocol
 
 import torch
-import torch.distributed as dist
 
 from nano_gpt.devices import autocast
+from nano_gpt.distributed import all_reduce_mean
 
 
 class BatchLoader(Protocol):
@@ -37,8 +37,4 @@ def validation_loss(
                 _, loss = model(x.to(device), y.to(device))
             total += loss.float()
     model.train(was_training)
-    loss = total / steps
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(loss)
-        loss /= dist.get_world_size()
-    return loss.item()
+    return all_reduce_mean(total / steps).item()

@@ -16,23 +16,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from nano_gpt.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, model_from_state, save_checkpoint
 from nano_gpt.data.loader import ShardLoader
 from nano_gpt.devices import autocast, default_compile, default_dtype
-from nano_gpt.distributed import DistInfo, all_reduce_mean, any_rank, cleanup_distributed, init_distributed
+from nano_gpt.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag, validation_loss
 from nano_gpt.generate import generate
 from nano_gpt.model import GPT, GPTConfig
 from nano_gpt.tokenizer import get_tokenizer
-from nano_gpt.train.config import TrainConfig
+from nano_gpt.train.config import DTYPES, TrainConfig
 from nano_gpt.train.metrics import JsonlLog, flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_PROMPT = "Hello, I'm a language model,"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -101,9 +100,7 @@ def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
 
 def _build_model(config: TrainConfig, resume_state: dict | None) -> GPT:
     if resume_state is not None:
-        model = GPT(GPTConfig.from_dict(resume_state["model_config"]))
-        model.load_state_dict(resume_state["model"])
-        return model
+        return model_from_state(resume_state)
     if config.pretrained is not None:
         return GPT.from_pretrained(config.pretrained)
     torch.manual_seed(config.seed)  # the same init on every rank
@@ -118,7 +115,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
         raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
                            f"{model.config.block_size}")
     grad_accum = config.grad_accum_steps(dist_info.world_size)
-    dtype = default_dtype(device) if config.dtype == "auto" else _DTYPES[config.dtype]
+    dtype = DTYPES[config.dtype] or default_dtype(device)
     use_compile = default_compile(device) if config.compile is None else config.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any matmul left in fp32
@@ -240,8 +237,10 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
                     loss = loss / grad_accum  # the mean over the whole step, not the sum of means
                     loss_accum += loss.detach()
                     scaler.scale(loss).backward()
-                all_reduce_mean(loss_accum)
-                loss_value = loss_accum.item()
+                # One collective per step: the loss to average, and whether any rank got Ctrl-C, so all
+                # ranks stop at the same step.
+                stats = all_reduce_sum(torch.stack([loss_accum, torch.tensor(float(stop.requested), device=device)]))
+                loss_value, stopping = stats[0].item() / dist_info.world_size, stats[1].item() > 0
                 if not math.isfinite(loss_value):
                     raise NanoGPTError(
                         f"loss is {loss_value} at step {step}; stopped before updating the weights. The last good "
@@ -263,7 +262,6 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
                     log.write("train", step, tokens=(step + 1) * config.total_batch_size, loss=loss_value, norm=norm,
                               lr=lr, dt_ms=dt * 1000, tok_per_sec=tok_per_sec, mfu=mfu)
                 progress.advance(task)
-                stopping = any_rank(stop.requested, device)
                 if final or stopping or (step > 0 and step % config.checkpoint_steps == 0):
                     last_checkpoint = write_checkpoint(step) or last_checkpoint
                 if stopping:
