@@ -1,6 +1,6 @@
 """nano-gpt's benchmark suite: our code beside the obvious alternative, in one process, on the same inputs.
 
-    python script/bench.py                 # everything, on the best device (about 8 minutes on a 2-core CPU)
+    python script/bench.py                 # everything, on the best device (about 4 minutes on a 2-core CPU)
     python script/bench.py --only train,generate --device=cpu
 
 Prints the machine, then a table of figures and ratios. Ratios are what to compare across machines.
@@ -61,7 +61,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
         elif Path("/proc/self/clear_refs").exists():
-            self.bytes = self._status("VmHWM:") - self.base
+            self.bytes = max(0, self._status("VmHWM:") - self.base)  # freed pages can leave the peak below the start
         else:
             self.bytes = None
 

@@ -165,6 +165,7 @@ def test_ddp_under_torchrun_matches_one_process_with_twice_the_accumulation(stra
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(nano_gpt), *_cli_args(ddp)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("last step:") == 1  # rank 0 alone speaks for the run
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["world_size"] for r in records if r["kind"] == "config"] == [2]
     assert [r["loss"] for r in records if r["kind"] == "train"] == pytest.approx(losses, abs=1e-5)

@@ -9,8 +9,8 @@ from nano_gpt.plot import plot_logs, read_logs, save_figure, summarize
 
 
 def plot(
-    log_files: Annotated[list[Path], typer.Argument(help="JSON-lines logs written by `nano-gpt train` (default "
-                                                         "checkpoints/train_log.jsonl); several overlay.",
+    log_files: Annotated[list[Path], typer.Argument(help="JSON-lines logs written by `nano-gpt train` (there: "
+                                                         "checkpoints/train_log.jsonl by default); several overlay.",
                                                     show_default=False)],
     output: Annotated[Path, typer.Option(help="The image to write (.png; .svg and .pdf work too); "
                                               "parent folders are created.")] = Path("artifacts/train-log.png"),

@@ -47,7 +47,9 @@ def train(
     """
     config = TrainConfig(**{k: v for k, v in locals().items()})
     result = run_training(config)
-    print(f"last step: {result.last_step} | checkpoint: {result.checkpoint}")
+    if result.main_process:
+        print(f"last step: {result.last_step} | checkpoint: {result.checkpoint}")
     if result.interrupted:
-        print("stopped by Ctrl-C; continue with the same command plus --resume=auto", file=sys.stderr)
+        if result.main_process:
+            print("stopped by Ctrl-C; continue with the same command plus --resume=auto", file=sys.stderr)
         raise typer.Exit(130)

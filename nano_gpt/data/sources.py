@@ -107,7 +107,7 @@ def _hf_splits(path: str, config: str | None, text_column: str, validation_token
         raise NanoGPTError("--dataset=hf: needs a dataset: --dataset=hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")
     if not Path(path).expanduser().exists() and not os.environ.get("HF_DATASETS_OFFLINE") and not hub_reachable():
         raise NanoGPTError(f"cannot reach the Hugging Face Hub for dataset {path!r}; connect to the network, "
-                           "or pass local files: --dataset=./corpus/*.jsonl")
+                           "or pass local files: --dataset='./corpus/*.jsonl'")
     try:
         names = datasets.get_dataset_split_names(path, config)
     except Exception as e:  # unknown dataset or config, offline, gated: all mean "cannot open it"

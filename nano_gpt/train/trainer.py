@@ -40,6 +40,7 @@ class TrainResult:
     losses: list[float]  # train loss of each step run in this process
     checkpoint: Path | None  # the newest checkpoint written
     interrupted: bool  # stopped by Ctrl-C
+    main_process: bool  # rank 0, which speaks for the run
 
 
 class _StopRequest:
@@ -268,4 +269,5 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
                     break
     finally:
         stop.restore()
-    return TrainResult(last_step=step, losses=losses, checkpoint=last_checkpoint, interrupted=stop.requested)
+    return TrainResult(last_step=step, losses=losses, checkpoint=last_checkpoint, interrupted=stop.requested,
+                       main_process=dist_info.is_main)
