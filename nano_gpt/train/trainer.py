@@ -155,14 +155,15 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
     flops_per_step = flops_per_token(raw_model.config, n_params, config.sequence_length) * config.total_batch_size
     peak = peak_flops(device)
     min_lr = config.max_lr * config.min_lr_ratio
-    last_step = min(config.max_steps, config.stop_at_step + 1 if config.stop_at_step is not None else config.max_steps) - 1
+    last_step = config.max_steps - 1 if config.stop_at_step is None else min(config.max_steps - 1, config.stop_at_step)
+    dtype_name = str(dtype).removeprefix("torch.")
     log = JsonlLog(Path(config.log_file), resume_step=start_step - 1 if resume_state else None) if dist_info.is_main else None
     if log is not None and resume_state is None:
         log.write("config", 0, config=config.to_dict(), model_config=raw_model.config.to_dict(), world_size=dist_info.world_size,
-                  device=str(device), dtype=str(dtype).removeprefix("torch."), compile=use_compile, n_params=n_params)
+                  device=str(device), dtype=dtype_name, compile=use_compile, n_params=n_params)
     logger.info("model %s: %.1fM parameters | device %s | %s | compile %s | %d processes | %d micro-steps of %d x %d "
                 "tokens per step", config.pretrained or config.model, raw_model.num_parameters() / 1e6, device,
-                str(dtype).removeprefix("torch."), use_compile, dist_info.world_size, grad_accum,
+                dtype_name, use_compile, dist_info.world_size, grad_accum,
                 config.micro_batch_size, config.sequence_length)
 
     def write_checkpoint(step: int) -> Path | None:
