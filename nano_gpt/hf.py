@@ -8,7 +8,7 @@ OpenAI's GPT-2 used Conv1D layers, which store weights as (in, out); `nn.Linear`
 import torch
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.model import GPTConfig
+from nano_gpt.config import GPTConfig
 from nano_gpt.tokenizer import EOT_TOKEN
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

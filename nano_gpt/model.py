@@ -1,62 +1,20 @@
-"""GPT-2: the model, its config and named presets.
+"""GPT-2: causal self-attention, the MLP, the pre-LayerNorm block and the model (config in `nano_gpt.config`).
 
 Parameter names follow Hugging Face's GPT-2 keys (`transformer.h.0.attn.c_attn.weight`, ...), so
 importing weights is a key map plus a transpose of the Conv1D weights (see `nano_gpt.hf`).
 Shapes: B batch, T sequence length, C n_embd, nh heads, hs head size, V vocabulary.
 """
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nano_gpt.errors import NanoGPTError
+from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.kv_cache import KVCache
 
-
-@dataclass(frozen=True)
-class GPTConfig:
-    block_size: int = 1024  # maximum context length
-    vocab_size: int = 50304  # 50257 BPE tokens padded to a multiple of 64 for faster matmuls
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    layer_norm_epsilon: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: int) -> "GPTConfig":
-        """A named preset (see `PRESETS`), optionally with fields replaced."""
-        if name not in PRESETS:
-            raise NanoGPTError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        return cls(**d)
-
-
-PRESETS: dict[str, GPTConfig] = {
-    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "gpt2-xs": GPTConfig(n_layer=10, n_head=8, n_embd=512),  # ~58M, for laptops (head size 64 as in GPT-2)
-    "gpt2-xxs": GPTConfig(n_layer=4, n_head=4, n_embd=64),  # ~3M (mostly embeddings), for tests
-}
+__all__ = ["GPT", "GPTConfig", "PRESETS", "Block", "CausalSelfAttention", "MLP"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -193,10 +151,3 @@ class GPT(nn.Module):
         c, p = self.config, self.lm_head.weight
         max_length = max_length or c.block_size
         return [KVCache(batch_size, c.n_head, max_length, c.head_size, p.device, p.dtype) for _ in range(c.n_layer)]
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "GPT":
-        """GPT-2 weights from the Hugging Face Hub (gpt2, gpt2-medium, ..., any repo id) or a local folder."""
-        from nano_gpt.pretrained import load_pretrained  # file and network I/O stays out of this module
-
-        return load_pretrained(name_or_path)

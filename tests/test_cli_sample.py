@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli
-from nano_gpt import GPT, generate, get_tokenizer
+from nano_gpt import generate, get_tokenizer, load_pretrained
 
 PROMPT = "Hello, I'm a language model,"
 
@@ -33,7 +33,7 @@ def test_single_sequence_streams_the_same_text_as_the_library(tiny_hf_gpt2_vocab
                      "--num-sequences=1", "--device=cpu", PROMPT)
     assert result.returncode == 0, result.stderr
     enc = get_tokenizer()
-    model = GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir))
+    model = load_pretrained(str(tiny_hf_gpt2_vocab_dir))
     [tokens] = generate(model, torch.tensor([enc.encode_ordinary(PROMPT)]), 8,
                         generator=torch.Generator().manual_seed(1))
     assert result.stdout == "> " + enc.decode(tokens) + "\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from nano_gpt import GPT
+from nano_gpt import load_pretrained
 from nano_gpt.checkpoint import save_checkpoint
 from nano_gpt.data import ShardLoader, prepare_dataset
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag, validation_loss
@@ -45,7 +45,7 @@ def test_debug_logs_the_running_accuracy_per_example_then_a_summary(tiny_hf_gpt2
     running = re.findall(r"hellaswag: accuracy: (\d\.\d{4}) \| total: (\d+) \| correct: (\d+)", result.stderr)
     assert [int(total) for _, total, _ in running] == [1, 2, 3]
     assert all(float(acc) == pytest.approx(int(c) / int(t), abs=1e-4) for acc, t, c in running)
-    expected = evaluate_hellaswag(GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir)), load_hellaswag(hellaswag_file), "cpu")
+    expected = evaluate_hellaswag(load_pretrained(str(tiny_hf_gpt2_vocab_dir)), load_hellaswag(hellaswag_file), "cpu")
     assert int(running[-1][2]) == expected.correct_norm
     assert "hellaswag examples: 3" in result.stdout
     assert f"acc_norm: {expected.acc_norm:.4f}" in result.stdout and f"acc:      {expected.acc:.4f}" in result.stdout
@@ -57,7 +57,7 @@ def test_json_summary_for_the_first_n_examples(tiny_hf_gpt2_vocab_dir: Path, hel
                      "--hellaswag_samples=2", "--validation-steps=0", "--batch-size=1", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    expected = evaluate_hellaswag(GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir)), load_hellaswag(hellaswag_file, 2),
+    expected = evaluate_hellaswag(load_pretrained(str(tiny_hf_gpt2_vocab_dir)), load_hellaswag(hellaswag_file, 2),
                                   "cpu")
     assert summary == {"examples": 2, "correct": expected.correct, "correct_norm": expected.correct_norm,
                        "acc": expected.acc, "acc_norm": expected.acc_norm, "val_loss": None, "validation_steps": 0}
@@ -67,7 +67,7 @@ def test_validation_loss_of_a_checkpoint_on_a_prepared_dataset(tmp_path: Path, t
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The king shall ride at dawn. A horse, my lord! " * 300)
     prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", validation_tokens=1000, num_workers=1)
-    model = GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir))
+    model = load_pretrained(str(tiny_hf_gpt2_vocab_dir))
     checkpoint = tmp_path / "checkpoint_000010.bin"
     save_checkpoint(checkpoint, {"model": model.state_dict(), "model_config": model.config.to_dict(), "step": 10})
     result = run_cli("eval", f"--checkpoint={checkpoint}", f"--dataset={corpus}", f"--dataset-dir={tmp_path / 'ds'}",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
-from nano_gpt import GPT, GPTConfig, get_tokenizer
+from nano_gpt import GPT, GPTConfig, get_tokenizer, load_pretrained
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import EOT_TOKEN
 from nano_gpt.eval import ExampleScore, HellaSwagExample, evaluate_hellaswag, load_hellaswag
@@ -202,7 +202,7 @@ def test_scoring_leaves_a_training_model_in_training_mode(tiny_gpt: GPT) -> None
 def test_scores_match_transformers_on_a_tiny_random_gpt2(tiny_hf_gpt2_vocab_dir: Path, tmp_path: Path) -> None:
     """Independent reference: the same saved weights scored by `transformers` directly."""
     examples = load_hellaswag(write_jsonl(tmp_path / "hs.jsonl", make_examples(10, seed=5)))
-    ours = scores(GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir)), examples, batch_size=4)
+    ours = scores(load_pretrained(str(tiny_hf_gpt2_vocab_dir)), examples, batch_size=4)
     hf = GPT2LMHeadModel.from_pretrained(tiny_hf_gpt2_vocab_dir).eval()
     enc = get_tokenizer()
     for i, example in enumerate(examples):

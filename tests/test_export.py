@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 import nano_gpt.export
 from conftest import assert_one_line_error, run_cli
-from nano_gpt import GPT, GPTConfig, generate, get_tokenizer
+from nano_gpt import GPT, GPTConfig, generate, get_tokenizer, load_pretrained
 from nano_gpt.checkpoint import model_from_checkpoint
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.export import export_model
@@ -160,7 +160,7 @@ def test_a_failed_export_keeps_the_old_folder_and_leaves_no_temp_files(
 
 def test_a_vocabulary_smaller_than_gpt2s_is_refused(tiny_hf_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(NanoGPTError, match="GPT-2 tokenizer"):
-        export_model(GPT.from_pretrained(str(tiny_hf_dir)), tmp_path / "export")  # vocab 1000
+        export_model(load_pretrained(str(tiny_hf_dir)), tmp_path / "export")  # vocab 1000
     assert not (tmp_path / "export").exists()
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from conftest import save_tiny_hf_gpt2
-from nano_gpt import GPT
+from nano_gpt import load_pretrained
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hf import state_dict_from_hf
 
@@ -20,7 +20,7 @@ def _hf_logits(folder: Path, idx: torch.Tensor) -> torch.Tensor:
 
 def test_logits_match_transformers_without_cache(tiny_hf_dir: Path) -> None:
     idx = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(1))
-    model = GPT.from_pretrained(str(tiny_hf_dir))
+    model = load_pretrained(str(tiny_hf_dir))
     assert (model.config.vocab_size, model.config.n_layer, model.config.n_head, model.config.n_embd) == (1000, 3, 6, 48)
     with torch.no_grad():
         ours, _ = model(idx)
@@ -29,7 +29,7 @@ def test_logits_match_transformers_without_cache(tiny_hf_dir: Path) -> None:
 
 def test_logits_match_transformers_with_kv_cache(tiny_hf_dir: Path) -> None:
     idx = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(2))
-    model = GPT.from_pretrained(str(tiny_hf_dir))
+    model = load_pretrained(str(tiny_hf_dir))
     caches = model.new_kv_caches(2, 40)
     with torch.no_grad():
         steps = [model(idx[:, :30], caches=caches)[0]]
@@ -40,8 +40,8 @@ def test_logits_match_transformers_with_kv_cache(tiny_hf_dir: Path) -> None:
 def test_pytorch_model_bin_loads_like_safetensors(tmp_path: Path, tiny_hf_dir: Path) -> None:
     folder = save_tiny_hf_gpt2(tmp_path / "bin", as_bin=True)
     assert (folder / "pytorch_model.bin").exists() and not (folder / "model.safetensors").exists()
-    a = GPT.from_pretrained(str(folder)).state_dict()
-    b = GPT.from_pretrained(str(tiny_hf_dir)).state_dict()
+    a = load_pretrained(str(folder)).state_dict()
+    b = load_pretrained(str(tiny_hf_dir)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -54,13 +54,13 @@ def test_keys_with_and_without_transformer_prefix_convert_alike(tiny_hf_dir: Pat
 
 def test_missing_folder_and_offline_hub_name_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(NanoGPTError, match="not found"):
-        GPT.from_pretrained(str(tmp_path / "nope"))
+        load_pretrained(str(tmp_path / "nope"))
     with pytest.raises(NanoGPTError, match="local folder"):
-        GPT.from_pretrained("gpt2")  # HF_HUB_OFFLINE=1 in tests
+        load_pretrained("gpt2")  # HF_HUB_OFFLINE=1 in tests
 
 
 def test_corrupt_weights_are_a_user_error(tmp_path: Path) -> None:
     folder = save_tiny_hf_gpt2(tmp_path / "m")
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(NanoGPTError, match="corrupt"):
-        GPT.from_pretrained(str(folder))
+        load_pretrained(str(folder))

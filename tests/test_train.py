@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli, write_hellaswag_file
+from nano_gpt import load_pretrained
 from nano_gpt.checkpoint import load_checkpoint
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.train import TrainConfig, train
@@ -204,7 +205,6 @@ def test_bad_train_input_is_a_one_line_error(tinyshakespeare_dir: Path, tmp_path
 
 def test_pretrained_weights_are_the_starting_point_for_fine_tuning(tinyshakespeare_dir: Path, tmp_path: Path,
                                                                    tiny_hf_gpt2_vocab_dir: Path) -> None:
-    from nano_gpt import GPT
     from nano_gpt.data import ShardLoader
 
     config = _config(tinyshakespeare_dir, tmp_path, pretrained=str(tiny_hf_gpt2_vocab_dir), max_steps=2, warmup_steps=1)
@@ -212,7 +212,7 @@ def test_pretrained_weights_are_the_starting_point_for_fine_tuning(tinyshakespea
     state = load_checkpoint(result.checkpoint)
     assert (state["model_config"]["vocab_size"], state["model_config"]["block_size"]) == (50257, 128)
     # The first step's loss is the pretrained model's loss on the same two micro-batches.
-    model = GPT.from_pretrained(str(tiny_hf_gpt2_vocab_dir))
+    model = load_pretrained(str(tiny_hf_gpt2_vocab_dir))
     loader = ShardLoader(tinyshakespeare_dir, "tinyshakespeare", "train", 4, 32, shuffle=True, seed=config.seed)
     with torch.no_grad():
         expected = sum(model(*loader.next_batch())[1].item() for _ in range(2)) / 2

@@ -8,6 +8,7 @@ import typer
 from nano_gpt.checkpoint import model_from_checkpoint
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
+from nano_gpt.pretrained import load_pretrained
 
 PretrainedOption = Annotated[
     Optional[str],
@@ -25,4 +26,4 @@ def load_model(pretrained: str | None, checkpoint: Path | None, default: str | N
         return model_from_checkpoint(checkpoint)
     if pretrained is None and default is None:
         raise NanoGPTError("pass --pretrained=NAME_OR_FOLDER or --checkpoint=FILE")
-    return GPT.from_pretrained(pretrained or default)
+    return load_pretrained(pretrained or default)

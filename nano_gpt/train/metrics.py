@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from nano_gpt.model import GPTConfig
+from nano_gpt.config import GPTConfig
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, matched against the device name.
 # More specific names first ("H100 PCIe" before "H100").

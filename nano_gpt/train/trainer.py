@@ -24,6 +24,7 @@ from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag, validation_loss
 from nano_gpt.generate import generate
 from nano_gpt.model import GPT, GPTConfig
+from nano_gpt.pretrained import load_pretrained
 from nano_gpt.tokenizer import get_tokenizer
 from nano_gpt.train.config import DTYPES, TrainConfig
 from nano_gpt.train.metrics import JsonlLog, flops_per_token, peak_flops, step_line
@@ -103,7 +104,7 @@ def _build_model(config: TrainConfig, resume_state: dict | None) -> GPT:
     if resume_state is not None:
         return model_from_state(resume_state)
     if config.pretrained is not None:
-        return GPT.from_pretrained(config.pretrained)
+        return load_pretrained(config.pretrained)
     torch.manual_seed(config.seed)  # the same init on every rank
     return GPT(GPTConfig.from_preset(config.model))
 
