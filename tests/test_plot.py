@@ -1,4 +1,4 @@
-"""`nano-gpt plot` and `nano_gpt.plot`: reading training logs, drawing them, summarising them."""
+"""`nano-gpt plot`, `nano_gpt.plot` and `nano_gpt.train.runlog`: reading training logs, drawing them, summarising them."""
 
 import json
 import math
@@ -11,15 +11,8 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.plot import (
-    auto_smoothing,
-    ema,
-    plot_logs,
-    read_log,
-    read_logs,
-    save_figure,
-    summarize,
-)
+from nano_gpt.plot import auto_smoothing, ema, plot_logs, save_figure
+from nano_gpt.train.runlog import read_log, read_logs, summarize
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "script" / "log_analysis.ipynb"
 BATCH = 8192

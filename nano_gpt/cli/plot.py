@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.plot import plot_logs, read_logs, save_figure, summarize
+from nano_gpt.plot import plot_logs, save_figure
+from nano_gpt.train.runlog import read_logs, summarize
 
 
 def plot(

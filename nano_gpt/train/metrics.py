@@ -1,7 +1,4 @@
-"""What a run reports: the per-step line, FLOPs utilisation, and a JSON-lines log for plots."""
-
-import json
-from pathlib import Path
+"""What a run reports per step: the printed line and FLOPs utilisation."""
 
 import torch
 
@@ -34,34 +31,3 @@ def step_line(step: int, loss: float, norm: float, dt_ms: float, tok_per_sec: fl
               mfu: float | None) -> str:
     line = f"step: {step} | loss: {loss:.4f} | norm: {norm:.4f} | dt: {dt_ms:.2f}ms | tok/sec: {tok_per_sec:.2f} | lr: {lr:.6f}"
     return line if mfu is None else f"{line} | mfu: {100 * mfu:.2f}%"
-
-
-def _step(line: str) -> float:
-    """A record's step; a line torn by a kill mid-write counts as past any checkpoint, so it is dropped."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
-
-
-class JsonlLog:
-    """Append-only JSON-lines records (`kind`, `step`, ...) that `nano-gpt plot` reads.
-
-    On resume, records after the checkpoint's step (written by the interrupted run after its last
-    checkpoint) are dropped, so the log reads as one run.
-    """
-
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
-
-    def write(self, kind: str, step: int, **fields: object) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "step": step, **fields}) + "\n")

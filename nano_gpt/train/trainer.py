@@ -27,7 +27,8 @@ from nano_gpt.model import GPT, GPTConfig
 from nano_gpt.pretrained import load_pretrained
 from nano_gpt.tokenizer import get_tokenizer
 from nano_gpt.train.config import DTYPES, TrainConfig
-from nano_gpt.train.metrics import JsonlLog, flops_per_token, peak_flops, step_line
+from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
+from nano_gpt.train.runlog import RunLog
 from nano_gpt.train.optim import learning_rate, make_optimizer
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, device: torch.device) -> Tr
     min_lr = config.max_lr * config.min_lr_ratio
     last_step = config.max_steps - 1 if config.stop_at_step is None else min(config.max_steps - 1, config.stop_at_step)
     dtype_name = str(dtype).removeprefix("torch.")
-    log = JsonlLog(Path(config.log_file), resume_step=start_step - 1 if resume_state else None) if dist_info.is_main else None
+    log = RunLog(Path(config.log_file), resume_step=start_step - 1 if resume_state else None) if dist_info.is_main else None
     if log is not None and resume_state is None:
         log.write("config", 0, config=config.to_dict(), model_config=raw_model.config.to_dict(), world_size=dist_info.world_size,
                   device=str(device), dtype=dtype_name, compile=use_compile, n_params=n_params)
