@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nano_gpt.data.shards import SHARD_DTYPE, read_manifest, split_dir
+from nano_gpt.data.shards import SHARD_DTYPE, split_dir, verify_split
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import EOT_TOKEN
 
@@ -34,7 +34,7 @@ class ShardLoader:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.micro_batch_size, self.sequence_length = micro_batch_size, sequence_length
         self.rank, self.world_size, self.shuffle, self.seed = rank, world_size, shuffle, seed
-        self.manifest = read_manifest(dataset_dir, dataset, split)
+        self.manifest = verify_split(dataset_dir, dataset, split)  # fails here, before step 0, on any corruption
         directory = split_dir(dataset_dir, dataset, split)
         self._shards = [np.memmap(directory / s["file"], dtype=SHARD_DTYPE, mode="r") for s in self.manifest["shards"]]
         self.total_tokens = sum(len(s) for s in self._shards)

@@ -1,28 +1,42 @@
-"""The on-disk layout of prepared datasets, shared by `prepare_dataset` and `ShardLoader`.
+"""The on-disk layout of prepared datasets, shared by `prepare_dataset` and `ShardLoader`, and its checks.
 
     DATASET_DIR/<dataset slug>/<split>/shard_000000.bin ...   raw little-endian uint16 tokens, no header
     DATASET_DIR/<dataset slug>/<split>/manifest.json          written last: its presence means "done"
+    DATASET_DIR/<dataset slug>/<split>/.verified.json         shards already hashed, so they are hashed once
+    DATASET_DIR/<dataset slug>/.<split>.lock                  held while a process prepares or verifies the split
 
 A shard reads back with `np.memmap(path, dtype="<u2", mode="r")`. The manifest holds the dataset,
 split, tokenizer, the options that shaped the shards, the token total, and each shard's file name,
 token count and sha256.
 """
 
+import hashlib
 import json
+import logging
 import os
+import re
 import shlex
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from nano_gpt.data.sources import dataset_slug
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.tokenizer import VOCAB_SIZE
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET_DIR = Path("dataset_cache")
 SHARD_DTYPE = np.dtype("<u2")
 MANIFEST = "manifest.json"
 PROGRESS = "progress.jsonl"  # only while a split is being prepared
+VERIFIED = ".verified.json"
+SCAN_BYTES = 1 << 24  # verification reads shards in chunks this size (even: whole tokens)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def split_dir(dataset_dir: Path, dataset: str, split: str) -> Path:
@@ -42,36 +56,189 @@ def prepare_command(dataset: str, split: str, dataset_dir: Path) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Temp file, fsync, rename: a kill leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Temp file, fsync, rename: a kill leaves the old file or the new one, never half of one.
+
+    The temp name holds the process id, so two processes writing the same file never share a temp file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def split_lock(directory: Path) -> Iterator[None]:
+    """Hold the lock of the split in `directory` (one process prepares or verifies a split at a time).
+
+    The lock file sits beside the split's folder, so `--force` can delete the folder while holding it.
+    The lock is an OS file lock: a killed holder releases it. Raises OSError if the lock file cannot be made.
+    """
+    lock = FileLock(directory.parent / f".{directory.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process that is preparing or verifying %s to finish", directory)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def shard_problem(path: Path, tokens: int) -> str | None:
+    """What is wrong with the file or size of a shard that should hold `tokens` tokens, or None (no hashing)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not path.is_file():
+        return "is not a file"
+    expected = tokens * SHARD_DTYPE.itemsize
+    if info.st_size != expected:
+        kind = "is truncated" if info.st_size < expected else "is too long"
+        return f"{kind}: {info.st_size:,} bytes where the manifest says {expected:,}"
+    return None
 
 
 def shard_ok(path: Path, tokens: int) -> bool:
-    return path.is_file() and path.stat().st_size == tokens * SHARD_DTYPE.itemsize
+    return shard_problem(path, tokens) is None
 
 
-def first_bad_shard(directory: Path, manifest: dict[str, Any]) -> Path | None:
-    """The first shard of `manifest` that is missing or of the wrong size (hashing 20 GB would take minutes)."""
-    return next((directory / s["file"] for s in manifest["shards"] if not shard_ok(directory / s["file"], s["tokens"])),
-                None)
+def check_shard_sizes(directory: Path, manifest: dict[str, Any], fix: str) -> None:
+    """Each shard of `manifest` exists with the size it promises (cheap: no reading), else one NanoGPTError."""
+    for shard in manifest["shards"]:
+        if (problem := shard_problem(directory / shard["file"], shard["tokens"])) is not None:
+            raise NanoGPTError(f"{directory / shard['file']} {problem}; {fix}")
 
 
-def read_manifest(dataset_dir: Path, dataset: str, split: str) -> dict[str, Any]:
-    """The manifest of a prepared split, its shards checked; else a NanoGPTError naming the command to run."""
-    directory = split_dir(dataset_dir, dataset, split)
-    path = directory / MANIFEST
-    if not path.is_file():
-        state = "was not finished" if (directory / PROGRESS).exists() else "is not prepared"
-        raise NanoGPTError(f"the {split} split of dataset {dataset!r} {state} in {directory}; "
-                           f"run `{prepare_command(dataset, split, dataset_dir)}`")
-    manifest = json.loads(path.read_text())
-    if (bad := first_bad_shard(directory, manifest)) is not None:
-        raise NanoGPTError(f"{bad} is missing or truncated; prepare the split again: "
-                           f"`{prepare_command(dataset, split, dataset_dir)} --force`")
+def _manifest_problem(manifest: Any) -> str | None:
+    """What keeps `manifest` from being a manifest this package wrote, or None."""
+    if not isinstance(manifest, dict):
+        return f"it holds a JSON {type(manifest).__name__}, not an object"
+    for key, kind in (("tokens", int), ("shards", list), ("options", dict)):
+        if key not in manifest:
+            return f"it has no {key!r}"
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            return f"its {key!r} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
+    if not manifest["shards"]:
+        return "it lists no shards"
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            return f"shards[{i}] is not an object"
+        name, tokens, sha256 = shard.get("file"), shard.get("tokens"), shard.get("sha256")
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            return f"shards[{i}].file is not a file name"  # never a path that leaves the split's folder
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+            return f"shards[{i}].tokens is not a positive integer"
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            return f"shards[{i}].sha256 is not 64 lowercase hex digits"
+    if (total := sum(s["tokens"] for s in manifest["shards"])) != manifest["tokens"]:
+        return f"its shards hold {total:,} tokens, not the {manifest['tokens']:,} it says"
+    return None
+
+
+def load_manifest(path: Path, fix: str) -> dict[str, Any]:
+    """The manifest at `path`, checked to be one this package wrote; else one NanoGPTError ending in `fix`."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        reason = e.strerror if isinstance(e, OSError) else str(e) or type(e).__name__
+        raise NanoGPTError(f"{path} cannot be read as JSON ({reason}); {fix}") from e
+    if (problem := _manifest_problem(manifest)) is not None:
+        raise NanoGPTError(f"{path} is not a valid manifest: {problem}; {fix}")
     return manifest
+
+
+def _stamp(path: Path, sha256: str) -> list[int | str]:
+    """What must be unchanged for an earlier verification of `path` to still hold.
+
+    Any write changes mtime and ctime; a copy or a restored backup is a new inode with a new ctime (which
+    no tool can set back), so a file replaced by other bytes of the same size is hashed again.
+    """
+    info = path.stat()
+    return [sha256, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+
+def _scan(path: Path) -> tuple[str, int, int]:
+    """(sha256, largest token id, index of its first occurrence) of a shard, in one read."""
+    digest, top, where, offset = hashlib.sha256(), -1, 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(SCAN_BYTES):
+            digest.update(chunk)
+            tokens = np.frombuffer(chunk, dtype=SHARD_DTYPE)
+            if len(tokens) and (chunk_top := int(tokens.max())) > top:
+                top, where = chunk_top, offset + int(tokens.argmax())
+            offset += len(tokens)
+    return digest.hexdigest(), top, where
+
+
+def _read_verified(path: Path) -> dict[str, Any]:
+    try:
+        verified = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return verified if isinstance(verified, dict) else {}
+
+
+def verify_shards(directory: Path, manifest: dict[str, Any], fix: str) -> None:
+    """Sizes always; each shard's sha256 and token ids (< GPT-2's vocabulary) once, remembered in `.verified.json`.
+
+    A shard is hashed again only if its stamp (`_stamp`) or its expected hash changed, so a 10B-token
+    dataset is read in full once, not at every start. Hold `split_lock` around this.
+    """
+    check_shard_sizes(directory, manifest, fix)
+    marker = directory / VERIFIED
+    verified = _read_verified(marker)
+    stamps = {s["file"]: _stamp(directory / s["file"], s["sha256"]) for s in manifest["shards"]}
+    unverified = [s for s in manifest["shards"] if verified.get(s["file"]) != stamps[s["file"]]]
+    if unverified:
+        logger.info("verifying %d shard%s of %s (sha256 and token ids; once, remembered in %s)", len(unverified),
+                    "s" * (len(unverified) != 1), directory, VERIFIED)
+    for shard in unverified:
+        path = directory / shard["file"]
+        sha256, top, where = _scan(path)
+        if sha256 != shard["sha256"]:
+            raise NanoGPTError(f"{path} has sha256 {sha256}, not the {shard['sha256']} of {directory / MANIFEST} "
+                               f"(the file changed after it was prepared); {fix}")
+        if top >= VOCAB_SIZE:
+            raise NanoGPTError(f"{path} holds token id {top} at token {where:,}, outside GPT-2's vocabulary of "
+                               f"{VOCAB_SIZE} ids; {fix}")
+    if unverified or set(verified) != set(stamps):
+        try:
+            write_json_atomic(marker, stamps)
+        except OSError as e:  # a read-only dataset is still usable; it is only hashed at every start
+            logger.warning("cannot record the verification in %s (%s); the shards will be hashed again next time",
+                           marker, e.strerror)
+
+
+def verify_split(dataset_dir: Path, dataset: str, split: str) -> dict[str, Any]:
+    """The manifest of a prepared split once what it promises is checked; else one NanoGPTError line that
+    names the file and the `prepare_dataset` command that rebuilds it.
+
+    Checks the manifest's form and every shard's size at every call, and each shard's sha256 and token
+    ids the first time (see `verify_shards`). Processes that verify at once (DDP ranks) take turns under
+    the split's lock, so the others find the work done.
+    """
+    directory = split_dir(dataset_dir, dataset, split)
+    command = prepare_command(dataset, split, dataset_dir)
+    if not (directory / MANIFEST).exists():
+        state = "was not finished" if (directory / PROGRESS).exists() else "is not prepared"
+        raise NanoGPTError(f"the {split} split of dataset {dataset!r} {state} in {directory}; run `{command}`")
+    fix = f"prepare the split again: `{command} --force`"
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(split_lock(directory))
+        except OSError as e:  # a read-only dataset dir: verify without the lock
+            logger.debug("cannot take the lock of %s (%s); verifying without it", directory, e)
+        manifest = load_manifest(directory / MANIFEST, fix)
+        verify_shards(directory, manifest, fix)
+    return manifest
+
