@@ -30,11 +30,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cached_path(relative_path: str) -> Path:
+    """Where `cached_download` keeps `relative_path` (which may not be there yet)."""
+    return cache_dir() / relative_path
+
+
 def cached_download(url: str, relative_path: str, sha256: str | None = None, timeout: float = 30) -> Path:
     """The cached copy of `url` at `cache_dir()/relative_path`, downloading it if missing."""
-    path = cache_dir() / relative_path
+    path = cached_path(relative_path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # the cache under a regular file, or read-only
+            raise NanoGPTError(f"cannot create the download cache folder {path.parent} ({e.strerror}); set "
+                               "NANO_GPT_CACHE to a writable folder") from e
         tmp = path.with_name(f"{path.name}.part{os.getpid()}")  # several ranks may download at once
         logger.info("downloading %s to %s", url, path)
         try:

@@ -7,6 +7,7 @@ import typer
 
 from nano_gpt.data import DEFAULT_DATASET_DIR, DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.data import prepare_dataset as prepare
+from nano_gpt.errors import NanoGPTError
 
 
 def prepare_dataset(
@@ -14,15 +15,19 @@ def prepare_dataset(
     splits: Annotated[str, typer.Option(help="Comma-separated splits to prepare.")] = "train,validation",
     dataset_dir: Annotated[Path, typer.Option(help="Where the shards go: DATASET_DIR/<dataset>/<split>/.")] = DEFAULT_DATASET_DIR,
     tokens_per_shard: Annotated[int, typer.Option(min=1, help="Tokens per shard file (uint16, 2 bytes each).")] = DEFAULT_TOKENS_PER_SHARD,
-    validation_tokens: Annotated[Optional[int], typer.Option(min=0, help="For a corpus without a validation split (finewebedu, local files, most hf: datasets): how many leading tokens go to validation. Default: one shard.")] = None,
+    validation_tokens: Annotated[Optional[int], typer.Option(min=0, help="For a corpus without a validation split (finewebedu, local files, most hf: datasets): how many leading tokens go to validation. Default: one shard; for local files 10% of their tokens, at most one shard.")] = None,
     text_column: Annotated[str, typer.Option(help="The text field of .jsonl, .parquet and hf: datasets.")] = "text",
     num_workers: Annotated[Optional[int], typer.Option(min=1, help="Tokenizer processes. Default: all cores.")] = None,
     force: Annotated[bool, typer.Option(help="Prepare splits again even if they are finished.")] = False,
+    num_procs: Annotated[Optional[int], typer.Option(min=1, hidden=True)] = None,  # the seed's --num-workers
 ) -> None:
     """Tokenize DATASET with GPT-2's tokenizer into uint16 shards plus a manifest per split.
 
-    Each document is <|endoftext|> followed by its tokens. A killed run resumes where it stopped when run again; a finished split is kept unless --force.
+    Each document is <|endoftext|> followed by its tokens. A killed run resumes where it stopped when run again; a finished split is kept unless --force. A second run on the same split waits for the first.
     """
+    if num_procs is not None and num_workers is not None and num_procs != num_workers:
+        raise NanoGPTError(f"--num-procs={num_procs} and --num-workers={num_workers} disagree; pass one of them")
+    num_workers = num_workers if num_procs is None else num_procs
     names = [s.strip() for s in splits.split(",") if s.strip()]
     prepared = prepare(dataset, names, dataset_dir=dataset_dir, tokens_per_shard=tokens_per_shard,
                        validation_tokens=validation_tokens, text_column=text_column, num_workers=num_workers,

@@ -11,8 +11,13 @@ by those batches, whatever the corpus size.
 
 Crash safety: a shard is written to a temp name, fsynced and renamed; then a line recording it and the
 stream position after it is appended to `progress.jsonl`. A rerun resumes after the last recorded shard,
-rewriting whatever came after, and the manifest is written last. The result does not depend on where
-runs were killed, nor on the number of workers or the start method.
+rewriting whatever came after, and the manifest is written last, once every shard it names is checked to
+be on disk. The result does not depend on where runs were killed, nor on the number of workers or the
+start method.
+
+Concurrency: a process holds the split's lock (`shards.split_lock`) while it prepares the split, so a
+second run on the same split waits, then finds it finished (or prepared with other options: one error
+line). Temp names hold the process id.
 """
 
 import hashlib
@@ -26,9 +31,10 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,9 +43,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, first_bad_shard, shard_name,
-                                  shard_ok, split_dir, write_json_atomic)
-from nano_gpt.data.sources import Split, dataset_splits
+from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, check_shard_sizes,
+                                  load_manifest, shard_name, shard_ok, split_dir, split_lock, write_json_atomic)
+from nano_gpt.data.sources import Split, dataset_splits, default_validation_tokens
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
@@ -100,32 +106,55 @@ def _batches(documents: Iterable[str], first_document: int) -> Iterator[Batch]:
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
-    get_tokenizer()  # under spawn each worker builds its own (under a second), before the first batch
+    try:
+        get_tokenizer()  # under spawn each worker builds its own (under a second), before the first batch
+    except Exception:  # noqa: BLE001 - raised again by the first batch, where it reaches the user as one line
+        pass
+
+
+def _encode_ordinary(text: str) -> np.ndarray:
+    """`encode_ordinary(text)` as a numpy array (special-token text is plain text), without a list of Python
+    ints: about 10% faster. Lone surrogates (valid in JSON, not in UTF-8) become U+FFFD, as in `encode_ordinary`."""
+    encoding = get_tokenizer()
+    try:
+        return encoding.encode_to_numpy(text, disallowed_special=())
+    except UnicodeEncodeError:
+        return encoding.encode_to_numpy(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"),
+                                        disallowed_special=())
 
 
 def _encode_batch(batch: Batch) -> Encoded:
     """Runs in a worker: each piece's tokens, with `<|endoftext|>` before each document.
 
-    `encode_to_numpy` with no special tokens allowed or disallowed is `encode_ordinary` (special-token
-    text is plain text) without building a list of Python ints: about 10% faster.
+    Any failure comes back as one NanoGPTError naming the document: a pool would otherwise show the
+    worker's traceback.
     """
-    encoding = get_tokenizer()
     counts: list[tuple[int, int]] = []
     arrays: list[np.ndarray] = []
     eot = np.array([EOT_TOKEN], dtype=np.uint32)
     for document, starts_document, text in batch:
-        tokens = encoding.encode_to_numpy(text, disallowed_special=())
+        try:
+            tokens = _encode_ordinary(text)
+        except NanoGPTError:
+            raise
+        except Exception as e:  # noqa: BLE001 - MemoryError on a giant piece, a tokenizer failure
+            raise NanoGPTError(f"tokenizing document {document:,} (counting from 0) failed: {type(e).__name__}: "
+                               f"{e}; run with --debug for the traceback") from e
         arrays += [eot, tokens] if starts_document else [tokens]
         counts.append((document, len(tokens) + starts_document))
     return counts, np.concatenate(arrays).astype(SHARD_DTYPE)
 
 
 class _Encoder:
-    """Encodes batches in order: in this process for one worker, else in a pool started on first use."""
+    """Encodes batches in order: in this process for one worker, else in a process pool started on first use.
+
+    A `ProcessPoolExecutor`, not a `multiprocessing.Pool`: a worker that dies (the out-of-memory killer)
+    breaks it with an error, where a `Pool` would wait forever for the lost batch.
+    """
 
     def __init__(self, num_workers: int, start_method: str | None, stack: ExitStack) -> None:
         self.num_workers, self.start_method, self._stack = num_workers, start_method, stack
-        self._pool: Pool | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
     def __call__(self, batches: Iterable[Batch]) -> Iterator[Encoded]:
         if self.num_workers == 1:
@@ -134,14 +163,22 @@ class _Encoder:
         if self._pool is None:
             get_tokenizer()  # built once here, so forked workers inherit it
             context = multiprocessing.get_context(self.start_method)
-            self._pool = self._stack.enter_context(context.Pool(self.num_workers, initializer=_init_worker))
-        pending: deque = deque()  # a few batches in flight: results come back in order, memory stays bounded
-        for batch in batches:
-            pending.append(self._pool.apply_async(_encode_batch, (batch,)))
-            if len(pending) >= 2 * self.num_workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=context, initializer=_init_worker)
+            self._stack.callback(self._pool.shutdown, wait=True, cancel_futures=True)
+        pending: deque[Future] = deque()  # a few batches in flight: results come back in order, memory stays bounded
+        try:
+            for batch in batches:
+                pending.append(self._pool.submit(_encode_batch, batch))
+                if len(pending) >= 2 * self.num_workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as e:
+            raise NanoGPTError(f"a tokenizer process died ({e}); if the machine ran out of memory, run again with "
+                               "fewer --num-workers: the run resumes where it stopped") from e
+        finally:  # the caller may stop early (counting tokens): drop the batches still queued
+            for future in pending:
+                future.cancel()
 
 
 def _token_pieces(encoded: Iterable[Encoded]) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -213,7 +250,7 @@ class _ProgressLog:
         if lines and _json_or_none(lines[0]) == {"options": options}:
             for line in lines[1:]:
                 record = _json_or_none(line)
-                if record is None or not shard_ok(directory / record["file"], record["tokens"]):
+                if not _whole_record(directory, record, len(self.records)):
                     break
                 self.records.append(record)
         elif lines:
@@ -221,7 +258,7 @@ class _ProgressLog:
         if self.records:
             logger.info("%s: resuming after %d shards", directory, len(self.records))
         lines = [json.dumps({"options": options})] + [json.dumps(r) for r in self.records]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text("".join(line + "\n" for line in lines))
         os.replace(tmp, self.path)
         self._file = open(self.path, "a")
@@ -243,8 +280,17 @@ class _ProgressLog:
 def _json_or_none(line: str) -> Any:
     try:
         return json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
+
+
+def _whole_record(directory: Path, record: Any, index: int) -> bool:
+    """Whether `record` is the progress line of shard `index` and that shard is on disk, whole."""
+    return (isinstance(record, dict) and record.get("file") == shard_name(index)
+            and isinstance(record.get("tokens"), int) and isinstance(record.get("sha256"), str)
+            and isinstance(record.get("resume"), list) and len(record["resume"]) == 3
+            and all(isinstance(n, int) for n in record["resume"])
+            and shard_ok(directory / record["file"], record["tokens"]))
 
 
 class _ShardWriter:
@@ -284,7 +330,7 @@ class _ShardWriter:
         self.log.append({"file": name, "tokens": self._count, "sha256": self._digest.hexdigest(), "resume": resume})
 
     def _tmp_path(self) -> Path:
-        return self.directory / f".{shard_name(len(self.log.records))}.tmp"
+        return self.directory / f".{shard_name(len(self.log.records))}.{os.getpid()}.tmp"
 
 
 def _clean(directory: Path, keep: set[str]) -> None:
@@ -295,20 +341,25 @@ def _clean(directory: Path, keep: set[str]) -> None:
 
 
 def _flags(options: dict[str, Any]) -> str:
-    return " ".join(f"--{key.replace('_', '-')}={value}" for key, value in sorted(options.items()))
+    """Options as the flags that give them; None is a default that depends on the corpus (no flag)."""
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in sorted(options.items()) if value is not None]
+    return " ".join(flags) or "the defaults"
 
 
 def _finished(directory: Path, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest of an already prepared split, checked against this run's options."""
+    """The manifest of an already prepared split, checked against this run's options and its shards' sizes.
+
+    (Hashes are checked by whoever reads the split, once: `shards.verify_split`.)
+    """
     path = directory / MANIFEST
     if not path.exists():
         return None
-    manifest = json.loads(path.read_text())
+    fix = "pass --force to prepare the split again"
+    manifest = load_manifest(path, fix)
     if manifest["options"] != options:
         raise NanoGPTError(f"{directory} was prepared with {_flags(manifest['options'])}, not {_flags(options)}; "
                            "pass --force to prepare it again")
-    if (bad := first_bad_shard(directory, manifest)) is not None:
-        raise NanoGPTError(f"{bad} is missing or truncated; pass --force to prepare the split again")
+    check_shard_sizes(directory, manifest, fix)
     _clean(directory, {s["file"] for s in manifest["shards"]})  # leftovers of a kill after the manifest
     return manifest
 
@@ -322,10 +373,13 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
         last = resume_document, resume_offset, position = log.resume()
         end = None if split.max_tokens is None else split.skip_tokens + split.max_tokens
         done = sum(r["tokens"] for r in log.records)
+        # An empty corpus (no text, perhaps empty documents) is told apart from one used up by validation.
+        text_tokens, whole_stream, resumed = 0, True, bool(log.records)
         with _Progress(f"{dataset} {name}", split.approx_tokens, done) as progress:
             if end is None or position < end:
                 documents = itertools.islice(split.documents(), resume_document, None)
                 for document, offset, tokens in _token_pieces(encoder(_batches(documents, resume_document))):
+                    text_tokens += len(tokens) - (offset == 0 and len(tokens) > 0)  # not the <|endoftext|>
                     if document == resume_document and offset < resume_offset:  # in a shard of a killed run
                         cut = min(resume_offset - offset, len(tokens))
                         tokens, offset = tokens[cut:], offset + cut
@@ -339,21 +393,47 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
                     last = (document, offset + len(tokens), position)
                     progress.advance(len(tokens))
                     if end is not None and position >= end:
+                        whole_stream = False
                         break
             writer.close_shard(last)  # the last, partial shard
     finally:
         log.close()
     shards = [{key: r[key] for key in ("file", "tokens", "sha256")} for r in log.records]
     total = sum(s["tokens"] for s in shards)
-    if total == 0:
+    empty = text_tokens == 0 and whole_stream and not resumed
+    if total == 0 or empty:
         shutil.rmtree(directory)
-        hint = " after the validation tokens; lower --validation-tokens" if split.skip_tokens else ""
-        raise NanoGPTError(f"the {name} split of {dataset!r} has no tokens{hint}")
+        if end == 0:
+            raise NanoGPTError(f"the {name} split of {dataset!r} would be empty: --validation-tokens=0")
+        if empty:
+            raise NanoGPTError(f"the corpus is empty: the {name} split of {dataset!r} holds no text")
+        raise NanoGPTError(f"the {name} split of {dataset!r} has no tokens: the corpus has {position:,}, all of them "
+                           f"in the first {split.skip_tokens:,}, the validation split; lower --validation-tokens")
     manifest = {"dataset": dataset, "split": name, "tokenizer": "gpt2", "eot_token": EOT_TOKEN, "dtype": "uint16",
                 "options": options, "tokens": total, "shards": shards}
+    # A shard deleted meanwhile (by hand, by a cleaner) must not end in a manifest that names it.
+    check_shard_sizes(directory, manifest, "something changed it while the split was being prepared; run the same "
+                                           "command again, which rewrites it")
     write_json_atomic(directory / MANIFEST, manifest)
     _clean(directory, {s["file"] for s in shards})
     return manifest
+
+
+def _os_error(e: OSError) -> str:
+    """An OS error as a short reason naming the path: "Permission denied: dataset_cache/x"."""
+    paths = ", ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{e.strerror}: {paths}" if e.strerror and paths else str(e)
+
+
+def _count_tokens(documents: Iterator[str], encoder: _Encoder, limit: int) -> tuple[int, int]:
+    """(tokens, tokens that are text rather than <|endoftext|>) of a stream, counting stops after `limit` tokens."""
+    tokens = text = 0
+    for _, encoded in encoder(_batches(documents, 0)):
+        tokens += len(encoded)
+        text += len(encoded) - int(np.count_nonzero(encoded == EOT_TOKEN))
+        if tokens >= limit:
+            break
+    return tokens, text
 
 
 def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"),
@@ -363,8 +443,11 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
     """Tokenize `splits` of `dataset` into shards under `dataset_dir`; a finished split is kept unless `force`.
 
     `dataset` is a `DATASETS` name, `hf:OWNER/NAME[:CONFIG]`, or local files (see `sources.py`).
-    `validation_tokens` (default: one shard) is how many leading tokens go to validation in a corpus
-    that has no validation split of its own. `start_method` is multiprocessing's (default: the platform's).
+    `validation_tokens` is how many leading tokens go to validation in a corpus that has no validation
+    split of its own; by default one shard, and for local files 10% of the corpus, at most one shard
+    (found by counting its tokens first, up to ten shards' worth). `start_method` is multiprocessing's
+    (default: the platform's). Each split is prepared under its lock: a concurrent run on the same split
+    waits for this one.
     """
     if not splits:
         raise NanoGPTError("no splits to prepare; pass for example --splits=train,validation")
@@ -374,21 +457,36 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
         raise NanoGPTError(f"--validation-tokens={validation_tokens} must be at least 0")
     if num_workers is not None and num_workers < 1:
         raise NanoGPTError(f"--num-workers={num_workers} must be at least 1")
-    sources = dataset_splits(dataset, tokens_per_shard if validation_tokens is None else validation_tokens, text_column)
+    sources = dataset_splits(dataset, validation_tokens, tokens_per_shard, text_column)
     if unknown := [s for s in splits if s not in sources]:
         raise NanoGPTError(f"dataset {dataset!r} has no split {unknown[0]!r}; its splits are {', '.join(sources)}")
     prepared = {}
+    corpus_validation_tokens: int | None = None  # for uncut splits, counted once, when a split must be written
     with ExitStack() as stack:
         encoder = _Encoder(num_workers or available_cpus(), start_method, stack)
         for name in splits:
             directory = split_dir(dataset_dir, dataset, name)
-            options = {**sources[name].options, "tokens_per_shard": tokens_per_shard}
-            if force and directory.exists():
-                shutil.rmtree(directory)
-            if (manifest := _finished(directory, options)) is not None:
-                logger.info("%s is already prepared; pass --force to prepare it again", directory)
-                prepared[name] = PreparedSplit(directory, manifest, reused=True)
-                continue
-            manifest = _write_split(dataset, name, sources[name], directory, options, tokens_per_shard, encoder)
-            prepared[name] = PreparedSplit(directory, manifest, reused=False)
+            split = sources[name]
+            options = {**split.options, "tokens_per_shard": tokens_per_shard}
+            try:
+                with split_lock(directory):
+                    if force and directory.exists():
+                        shutil.rmtree(directory)
+                    if (manifest := _finished(directory, options)) is not None:
+                        logger.info("%s is already prepared; pass --force to prepare it again", directory)
+                        prepared[name] = PreparedSplit(directory, manifest, reused=True)
+                        continue
+                    if split.uncut is not None:
+                        if corpus_validation_tokens is None:
+                            logger.info("counting the tokens of %s to give 10%% of them (at most one shard) to "
+                                        "validation; --validation-tokens=N skips this", dataset)
+                            tokens, text = _count_tokens(split.documents(), encoder, limit=10 * tokens_per_shard)
+                            if text == 0:
+                                raise NanoGPTError(f"the corpus is empty: {dataset!r} holds no text")
+                            corpus_validation_tokens = default_validation_tokens(tokens, tokens_per_shard)
+                        split = split.cut(corpus_validation_tokens)
+                    manifest = _write_split(dataset, name, split, directory, options, tokens_per_shard, encoder)
+                    prepared[name] = PreparedSplit(directory, manifest, reused=False)
+            except OSError as e:  # a read-only or full disk, a file where a folder should be, and the like
+                raise NanoGPTError(f"cannot prepare the {name} split in {directory}: {_os_error(e)}") from e
     return prepared

@@ -10,7 +10,11 @@ The `--dataset` syntax:
 - `hf:OWNER/NAME` or `hf:OWNER/NAME:CONFIG`: any Hugging Face dataset with a text column, streamed with
   `datasets` (a local folder of parquet/jsonl files works too: `hf:./my_dataset`);
 - local files: a `.txt`, `.jsonl` or `.parquet` file, a glob (`./corpus/*.txt`) or a folder. Each `.txt`
-  file is one document; each `.jsonl` line and each parquet row is one document.
+  file is one document; each `.jsonl` line and each parquet row is one document. Unless told otherwise,
+  their validation split is 10% of their tokens, at most one shard (`default_validation_tokens`).
+
+Bad input (text that is not UTF-8, a text field that is not a string, a file that is not parquet) is one
+NanoGPTError naming the file, and the line for jsonl.
 """
 
 import glob
@@ -20,7 +24,8 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nano_gpt.cache import cached_download
@@ -30,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINYSHAKESPEARE_CACHED = "tinyshakespeare/input.txt"  # its path in the download cache
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 BYTES_PER_TOKEN = 4  # about right for English under GPT-2's BPE; only used to estimate an ETA
 
@@ -42,23 +48,41 @@ class Split:
     skip_tokens: int = 0  # tokens at the start of the stream that belong to another split
     max_tokens: int | None = None
     approx_tokens: int | None = None  # for the progress bar's ETA
-    options: dict[str, int | str] = field(default_factory=dict)  # the flags that shaped it, kept in the manifest
+    options: dict[str, int | str | None] = field(default_factory=dict)  # the flags that shaped it, kept in the manifest
+    # "head" (validation) or "tail" (train) of a stream cut where only its token count says (`cut`)
+    uncut: str | None = None
+
+    def cut(self, validation_tokens: int) -> "Split":
+        """This head or tail split with its stretch of the stream fixed: validation the first `validation_tokens`."""
+        if self.uncut == "head":
+            return replace(self, max_tokens=validation_tokens, approx_tokens=validation_tokens, uncut=None)
+        approx = None if self.approx_tokens is None else max(self.approx_tokens - validation_tokens, 0)
+        return replace(self, skip_tokens=validation_tokens, approx_tokens=approx, uncut=None)
 
 
-def _head_and_tail(documents: Callable[[], Iterator[str]], validation_tokens: int, approx_tokens: int | None,
-                   options: dict[str, int | str]) -> dict[str, Split]:
-    """Validation is the first `validation_tokens` tokens of the stream, train the rest."""
+def default_validation_tokens(corpus_tokens: int, tokens_per_shard: int) -> int:
+    """A local corpus's validation split when none is asked for: 10% of its tokens, at least 1, at most one shard."""
+    return min(tokens_per_shard, max(1, corpus_tokens // 10))
+
+
+def _head_and_tail(documents: Callable[[], Iterator[str]], validation_tokens: int | None, approx_tokens: int | None,
+                   options: dict[str, int | str | None]) -> dict[str, Split]:
+    """Validation is the first `validation_tokens` tokens of the stream, train the rest.
+
+    With `validation_tokens=None` the splits stay uncut: whoever writes them counts the stream's tokens and
+    cuts them at `default_validation_tokens` (the manifest records None: the size follows from the corpus).
+    """
     options = {**options, "validation_tokens": validation_tokens}
-    return {
-        "train": Split(documents, skip_tokens=validation_tokens, options=options,
-                       approx_tokens=None if approx_tokens is None else max(approx_tokens - validation_tokens, 0)),
-        "validation": Split(documents, max_tokens=validation_tokens, approx_tokens=validation_tokens, options=options),
-    }
+    splits = {"train": Split(documents, approx_tokens=approx_tokens, options=options, uncut="tail"),
+              "validation": Split(documents, options=options, uncut="head")}
+    if validation_tokens is None:
+        return splits
+    return {name: split.cut(validation_tokens) for name, split in splits.items()}
 
 
 def tinyshakespeare_path() -> Path:
     """The corpus in the project cache, downloaded and sha256-checked on first use."""
-    return cached_download(TINYSHAKESPEARE_URL, "tinyshakespeare/input.txt", sha256=TINYSHAKESPEARE_SHA256)
+    return cached_download(TINYSHAKESPEARE_URL, TINYSHAKESPEARE_CACHED, sha256=TINYSHAKESPEARE_SHA256)
 
 
 def _tinyshakespeare(validation_tokens: int) -> dict[str, Split]:
@@ -121,8 +145,14 @@ def _hf_splits(path: str, config: str | None, text_column: str, validation_token
             if ds.column_names is not None and text_column not in ds.column_names:
                 raise NanoGPTError(f"dataset {path!r} has no column {text_column!r} (it has {ds.column_names}); "
                                    "pass --text-column=NAME")
-            for batch in ds.select_columns([text_column]).iter(batch_size=1000):
-                yield from (text for text in batch[text_column] if text is not None)
+            try:
+                for batch in ds.select_columns([text_column]).iter(batch_size=1000):
+                    for text in batch[text_column]:
+                        if text is not None:
+                            yield _checked_text(text, f"a row of {path!r}", text_column)
+            except OSError as e:  # the connection dropped: what is written so far is kept
+                raise NanoGPTError(f"reading Hugging Face dataset {path!r} failed ({e}); run the same command "
+                                   "again to resume") from e
 
         return documents
 
@@ -149,41 +179,83 @@ def _local_files(pattern: str) -> list[Path]:
     return files
 
 
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    return {int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _checked_text(value: object, where: str, text_column: str) -> str:
+    """`value` if it is a string; else a NanoGPTError saying where (a number would tokenize as nothing useful)."""
+    if not isinstance(value, str):
+        raise NanoGPTError(f"{where}: {text_column!r} is {_json_kind(value)}, not a string; fix the data or pass "
+                           "--text-column=NAME")
+    return value
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn the OS's errors while reading `path` (permissions, a file gone) into one line."""
+    try:
+        yield
+    except OSError as e:
+        raise NanoGPTError(f"cannot read {path}: {e.strerror or e}") from e
+
+
 def _jsonl_documents(path: Path, text_column: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with _reading(path), open(path, "rb") as lines:  # bytes, so a bad byte is reported with its line
+        for number, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise NanoGPTError(f"{path}:{number} is not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                   "line)") from e
             if not line.strip():
                 continue
             try:
                 text = json.loads(line)[text_column]
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
                 raise NanoGPTError(f"{path}:{number} is not a JSON object with a {text_column!r} string "
                                    f"({type(e).__name__}); fix the line or pass --text-column=NAME") from e
-            if text is not None:
-                yield text
+            yield _checked_text(text, f"{path}:{number}", text_column)
 
 
 def _parquet_documents(path: Path, text_column: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
-    if text_column not in parquet.schema_arrow.names:
-        raise NanoGPTError(f"{path} has no column {text_column!r} (it has {parquet.schema_arrow.names}); "
-                           "pass --text-column=NAME")
-    for batch in parquet.iter_batches(batch_size=1024, columns=[text_column]):
-        yield from (text for text in batch.column(0).to_pylist() if text is not None)
+    with _reading(path):
+        try:
+            parquet = pq.ParquetFile(path)
+        except pa.ArrowException as e:
+            raise NanoGPTError(f"{path} is not a parquet file ({str(e).splitlines()[0]})") from e
+        schema = parquet.schema_arrow
+        if text_column not in schema.names:
+            raise NanoGPTError(f"{path} has no column {text_column!r} (it has {schema.names}); pass --text-column=NAME")
+        kind = schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise NanoGPTError(f"{path}: column {text_column!r} holds {kind}, not strings; pass --text-column=NAME")
+        try:
+            for batch in parquet.iter_batches(batch_size=1024, columns=[text_column]):
+                yield from (text for text in batch.column(0).to_pylist() if text is not None)
+        except pa.ArrowException as e:
+            raise NanoGPTError(f"{path} cannot be read: {str(e).splitlines()[0]}") from e
 
 
-def _local_splits(pattern: str, text_column: str, validation_tokens: int) -> dict[str, Split]:
+def _local_splits(pattern: str, text_column: str, validation_tokens: int | None) -> dict[str, Split]:
     files = _local_files(pattern)
 
     def documents() -> Iterator[str]:
         for path in files:
             if path.suffix == ".txt":
                 try:
-                    yield path.read_text(encoding="utf-8")
+                    with _reading(path):
+                        text = path.read_text(encoding="utf-8")
                 except UnicodeDecodeError as e:
                     raise NanoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+                yield text
             elif path.suffix == ".jsonl":
                 yield from _jsonl_documents(path, text_column)
             else:
@@ -193,12 +265,18 @@ def _local_splits(pattern: str, text_column: str, validation_tokens: int) -> dic
     return _head_and_tail(documents, validation_tokens, approx, {"text_column": text_column})
 
 
-def dataset_splits(dataset: str, validation_tokens: int, text_column: str = "text") -> dict[str, Split]:
-    """The splits of `dataset` (a `DATASETS` name, `hf:...`, or local files), opened lazily."""
+def dataset_splits(dataset: str, validation_tokens: int | None, tokens_per_shard: int,
+                   text_column: str = "text") -> dict[str, Split]:
+    """The splits of `dataset` (a `DATASETS` name, `hf:...`, or local files), opened lazily.
+
+    `validation_tokens=None` means the default: one shard, or for local files 10% of the corpus (uncut
+    splits, see `Split.cut`).
+    """
     if dataset in DATASETS:
-        return DATASETS[dataset](validation_tokens)
+        return DATASETS[dataset](tokens_per_shard if validation_tokens is None else validation_tokens)
     if dataset.startswith("hf:"):
-        return _hf_splits(*_parse_hf(dataset), text_column, validation_tokens)
+        return _hf_splits(*_parse_hf(dataset), text_column,
+                          tokens_per_shard if validation_tokens is None else validation_tokens)
     return _local_splits(dataset, text_column, validation_tokens)
 
 
