@@ -159,6 +159,8 @@ def test_a_finished_split_is_kept_unless_force(tmp_path: Path) -> None:
     assert not forced["train"].reused and len(forced["train"].manifest["shards"]) > 1
     shards = {s["file"] for s in forced["train"].manifest["shards"]}
     assert {p.name for p in forced["train"].directory.iterdir()} == shards | {"manifest.json"}
+    assert {p.name for p in forced["train"].directory.parent.iterdir()} == {"train", "validation", ".train.lock",
+                                                                             ".validation.lock"}
 
 
 def test_memory_stays_flat_as_the_corpus_grows(tmp_path: Path) -> None:
@@ -176,10 +178,35 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path: Path) -> None:
     assert large < 1.5 * small, (small, large)
 
 
-def test_an_empty_train_split_says_to_lower_validation_tokens(tmp_path: Path) -> None:
+def test_validation_tokens_beyond_the_corpus_say_to_lower_them(tmp_path: Path) -> None:
     corpus = write_jsonl(tmp_path / "corpus.jsonl", documents(3))
-    with pytest.raises(NanoGPTError, match="lower --validation-tokens"):
-        prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", num_workers=1)
+    with pytest.raises(NanoGPTError, match="the corpus has [0-9]+, all of them in the first 100,000.*lower --validation-tokens"):
+        prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", validation_tokens=100_000, num_workers=1)
+
+
+def test_a_local_corpus_smaller_than_a_shard_gives_a_tenth_of_its_tokens_to_validation(tmp_path: Path) -> None:
+    texts = documents(40, seed=6)
+    corpus = str(write_jsonl(tmp_path / "corpus.jsonl", texts))
+    stream = stream_of(texts)
+    result = prepare_dataset(corpus, dataset_dir=tmp_path / "ds", num_workers=2)
+    validation, train = read_split(result["validation"]), read_split(result["train"])
+    assert len(validation) == len(stream) // 10 and len(stream) < 100_000_000
+    assert np.concatenate([validation, train]).tolist() == stream
+    assert result["train"].manifest["options"]["validation_tokens"] is None  # follows from the corpus
+    again = prepare_dataset(corpus, dataset_dir=tmp_path / "ds", num_workers=1)
+    assert all(split.reused for split in again.values())
+    capped = prepare_dataset(corpus, dataset_dir=tmp_path / "capped", tokens_per_shard=50, num_workers=1)
+    assert read_split(capped["validation"]).tolist() == stream[:50]  # 10% is more than a shard: one shard
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", '{"text": ""}\n'], ids=["no-bytes", "blank-lines", "empty-text"])
+def test_an_empty_corpus_says_so(tmp_path: Path, content: str) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(content)
+    assert_one_line_error(run_cli("prepare_dataset", f"--dataset={corpus}", cwd=tmp_path), "the corpus is empty")
+    with pytest.raises(NanoGPTError, match="the corpus is empty"):
+        prepare_dataset(str(corpus), ["train"], dataset_dir=tmp_path / "ds", validation_tokens=0, num_workers=1)
+    assert not (tmp_path / "ds").exists() or not list((tmp_path / "ds").rglob("manifest.json"))
 
 
 def test_cli_prepares_tinyshakespeare_with_a_progress_bar_on_a_terminal(nano_cache: Path, tmp_path: Path) -> None:
@@ -218,7 +245,7 @@ def test_a_truncated_shard_is_reported_with_the_command_that_repairs_it(tmp_path
     result = prepare_dataset(corpus, dataset_dir=tmp_path / "ds", validation_tokens=100, num_workers=1)
     shard = result["train"].directory / "shard_000000.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
-    with pytest.raises(NanoGPTError, match="shard_000000.bin is missing or truncated; pass --force"):
+    with pytest.raises(NanoGPTError, match="shard_000000.bin is truncated: .* bytes where the manifest says .*; pass --force"):
         prepare_dataset(corpus, dataset_dir=tmp_path / "ds", validation_tokens=100, num_workers=1)
     with pytest.raises(NanoGPTError, match=r"truncated.*`nano-gpt prepare_dataset .*--splits=train .*--force`"):
         ShardLoader(tmp_path / "ds", corpus, "train", 1, 8)
