@@ -199,11 +199,14 @@ def test_a_local_corpus_smaller_than_a_shard_gives_a_tenth_of_its_tokens_to_vali
     assert read_split(capped["validation"]).tolist() == stream[:50]  # 10% is more than a shard: one shard
 
 
-@pytest.mark.parametrize("content", ["", "\n\n", '{"text": ""}\n'], ids=["no-bytes", "blank-lines", "empty-text"])
-def test_an_empty_corpus_says_so(tmp_path: Path, content: str) -> None:
-    corpus = tmp_path / "corpus.jsonl"
+@pytest.mark.parametrize(("name", "content"), [("corpus.txt", ""), ("corpus.jsonl", ""), ("corpus.jsonl", "\n\n"),
+                                             ("corpus.jsonl", '{"text": ""}\n')],
+                         ids=["empty-txt", "empty-jsonl", "blank-lines", "empty-text"])
+def test_an_empty_corpus_says_so(tmp_path: Path, name: str, content: str) -> None:
+    corpus = tmp_path / name
     corpus.write_text(content)
-    assert_one_line_error(run_cli("prepare_dataset", f"--dataset={corpus}", cwd=tmp_path), "the corpus is empty")
+    with pytest.raises(NanoGPTError, match="the corpus is empty"):
+        prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", num_workers=1)
     with pytest.raises(NanoGPTError, match="the corpus is empty"):
         prepare_dataset(str(corpus), ["train"], dataset_dir=tmp_path / "ds", validation_tokens=0, num_workers=1)
     assert not (tmp_path / "ds").exists() or not list((tmp_path / "ds").rglob("manifest.json"))
