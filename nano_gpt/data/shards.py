@@ -127,7 +127,7 @@ def _manifest_problem(manifest: Any) -> str | None:
         if key not in manifest:
             return f"it has no {key!r}"
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
-            return f"its {key!r} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
+            return f"its {key!r} is of type {type(manifest[key]).__name__}, not {kind.__name__}"
     if not manifest["shards"]:
         return "it lists no shards"
     for i, shard in enumerate(manifest["shards"]):
