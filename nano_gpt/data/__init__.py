@@ -2,7 +2,7 @@
 
 `prepare_dataset` streams documents from a source (`sources.py`), tokenizes them on all cores and writes
 uint16 shards plus a manifest per split (`prepare.py`); `ShardLoader` reads them back as (x, y) batches
-through numpy memmaps (`loader.py`). The on-disk layout lives in `shards.py`.
+through numpy memmaps (`loader.py`). The on-disk layout, its checks and its lock live in `shards.py`.
 """
 
 from nano_gpt.data.loader import ShardLoader

@@ -26,7 +26,10 @@ CACHED_SHARDS = 4  # shards whose shuffled document order is kept; a batch rarel
 
 
 class ShardLoader:
-    """(x, y) int64 CPU batches of shape (micro_batch_size, sequence_length) from a prepared split."""
+    """(x, y) int64 CPU batches of shape (micro_batch_size, sequence_length) from a prepared split.
+
+    The split is verified first (`shards.verify_split`), so a corrupt dataset stops a run before its first step.
+    """
 
     def __init__(self, dataset_dir: Path, dataset: str, split: str, micro_batch_size: int, sequence_length: int,
                  rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0) -> None:
