@@ -1,7 +1,10 @@
-"""Process-group set-up under `torchrun`: rank, world size, device, and the main-process guard.
+"""Process groups under `torchrun`, collectives, and data parallelism applied from outside the model.
 
-The model code knows nothing of this; training wraps the model in DDP from outside.
+The model code knows nothing of this: training wraps the single-device model here (`wrap_ddp`), and
+`Runtime` asks `torchrun_ranks` whether this process is one of several.
 """
+
+from __future__ import annotations
 
 import logging
 import os
@@ -9,49 +12,41 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nano_gpt.devices import resolve_device
 from nano_gpt.errors import NanoGPTError
 
 
 @dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 alone logs, evaluates what is not sharded, and writes files."""
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+class Ranks:
+    rank: int
+    local_rank: int
+    world_size: int
 
 
-def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU); else one process."""
+def torchrun_ranks() -> Ranks | None:
+    """This process's place in a torchrun launch, or None when started on its own."""
     if "RANK" not in os.environ:
-        return DistInfo(), resolve_device(device)
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        if info.local_rank >= torch.cuda.device_count():
-            raise NanoGPTError(f"LOCAL_RANK {info.local_rank} but only {torch.cuda.device_count()} GPUs; lower --nproc_per_node")
-        torch_device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(torch_device)
-        dist.init_process_group("nccl", device_id=torch_device)
-    elif device in ("auto", "cpu"):
-        torch_device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        return None
+    try:
+        return Ranks(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    except (KeyError, ValueError) as e:
+        raise NanoGPTError("RANK is set but LOCAL_RANK or WORLD_SIZE is missing or not a number; start "
+                           "several processes with torchrun, or unset RANK") from e
+
+
+def init_process_group(device: torch.device) -> None:
+    """NCCL between GPUs, gloo between CPU processes. Other ranks log warnings only: one speaks for the run."""
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
     else:
-        raise NanoGPTError(f"--device={device} is not supported under torchrun; use cuda (NCCL) or cpu (gloo)")
-    if not info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)  # one process speaks for the run
-    return info, torch_device
+        dist.init_process_group("gloo")
+    if dist.get_rank() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
 
 
-def cleanup_distributed() -> None:
+def destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -71,3 +66,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Average a tensor over ranks in place (identity without a process group)."""
     return all_reduce_sum(t).div_(world_size())
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> DDP:
+    """Data parallelism: gradients are averaged over ranks during the backward pass."""
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Whether the next backward pass all-reduces gradients: only the last micro-step of an accumulated
+    step needs to. A model that is not data-parallel always keeps its gradients local."""
+    model = getattr(model, "_orig_mod", model)  # under torch.compile
+    if isinstance(model, DDP):
+        model.require_backward_grad_sync = enabled

@@ -14,6 +14,7 @@ import torch
 from conftest import assert_one_line_error, run_cli, write_hellaswag_file
 from nano_gpt import load_pretrained
 from nano_gpt.checkpoint import load_checkpoint
+from nano_gpt.cli.train import option_name
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.train import TrainConfig, train
 
@@ -27,12 +28,14 @@ def _config(dataset_dir: Path, checkpoint_dir: Path, **overrides: object) -> Tra
 
 
 def _cli_args(config: TrainConfig) -> list[str]:
+    """The command line that gives `config`, spelled with each field's own option."""
     flags = []
-    for key, value in config.to_dict().items():
-        if value is None or key in ("shuffle",):
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or value == field.default:
             continue
-        name = "--" + key.replace("_", "-")
-        flags.append((name if value else "--no-" + key) if isinstance(value, bool) else f"{name}={value}")
+        on, _, off = option_name(field).partition("/")
+        flags.append((on if value else off) if isinstance(value, bool) else f"{on}={value}")
     return ["train", *flags]
 
 
@@ -90,7 +93,9 @@ def test_gradient_accumulation_equals_one_big_batch(straight_run: tuple, tmp_pat
     big = train(dataclasses.replace(config, micro_batch_size=8, checkpoint_dir=str(tmp_path)))
     assert big.losses == pytest.approx(losses, abs=1e-5)
     final = _weights(big.checkpoint)
-    assert all(torch.allclose(final[k], v, atol=1e-5) for k, v in _weights(checkpoint).items())
+    # The fused loss sums each micro-batch's gradient chunk by chunk, so two micro-batches of 4 add in another
+    # order than one of 8; Adam's normalisation amplifies that rounding on near-zero gradients (see the DDP test).
+    assert max((final[k] - v).abs().max().item() for k, v in _weights(checkpoint).items()) < 1e-4
 
 
 def test_sigkill_mid_run_then_resume_matches_the_straight_run(straight_run: tuple, tmp_path: Path) -> None:
@@ -129,14 +134,14 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(straight_run: tuple, tmp_p
 
 def test_nan_loss_stops_with_a_clear_message_keeping_the_last_good_checkpoint(straight_run: tuple, tmp_path: Path) -> None:
     config, _, _ = straight_run
-    exploding = dataclasses.replace(config, checkpoint_dir=str(tmp_path), max_lr=1e6, warmup_steps=1, max_steps=50,
-                                    checkpoint_steps=1, grad_clip=1e9)
+    run = dataclasses.replace(config, checkpoint_dir=str(tmp_path), warmup_steps=1, max_steps=50, checkpoint_steps=1)
+    train(dataclasses.replace(run, stop_at_step=0))  # a good checkpoint to fall back on
+    exploding = dataclasses.replace(run, resume="auto", max_lr=1e6, grad_clip=1e9)
     with pytest.raises(NanoGPTError, match="stopped before updating the weights") as e:
         train(exploding)
-    good = sorted(tmp_path.glob("checkpoint_*.bin"))
-    if good:
-        assert str(good[-1]) in str(e.value)
-        assert all(torch.isfinite(t).all() for t in _weights(good[-1]).values())
+    good = sorted(tmp_path.glob("checkpoint_*.bin"))[-1]
+    assert f"The last good checkpoint is {good}" in str(e.value)
+    assert all(torch.isfinite(t).all() for t in _weights(good).values())
 
 
 def test_fp16_keeps_the_grad_scaler_in_checkpoints_and_stays_finite(straight_run: tuple, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from typing import Protocol
 
 import torch
 
-from nano_gpt.devices import autocast
+from nano_gpt.runtime import autocast
 from nano_gpt.distributed import all_reduce_mean
 
 

@@ -1,12 +1,18 @@
-"""Training settings as one typed dataclass, with each preset's GPT-2/GPT-3-paper hyperparameters."""
+"""Training settings as one typed dataclass, with each preset's GPT-2/GPT-3-paper hyperparameters.
+
+Each field's help text lives here, in its metadata, and `nano-gpt train` builds one option per field from
+it, so the command line and the library cannot drift apart.
+"""
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
-import torch
-
+from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.data import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.runtime import DTYPE_CHOICES, DTYPES
 
 
 @dataclass(frozen=True)
@@ -28,70 +34,106 @@ RECIPES: dict[str, PresetRecipe] = {
     "gpt2-xxs": PresetRecipe(8_192, 3e-3, 50, 1_000),
 }
 
-DTYPES: dict[str, torch.dtype | None] = {
-    "auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-}
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+
+
+def recipe_for(model_config: GPTConfig) -> str:
+    """The preset whose recipe suits a model of this shape: the preset with the same layers, heads and
+    width, else the one closest in size (pretrained models come in many shapes)."""
+    def size(c: GPTConfig) -> int:
+        return c.n_layer * c.n_embd**2
+
+    for name, preset in PRESETS.items():
+        if (preset.n_layer, preset.n_head, preset.n_embd) == (model_config.n_layer, model_config.n_head,
+                                                              model_config.n_embd):
+            return name
+    return min(RECIPES, key=lambda name: abs(math.log(size(PRESETS[name]) / size(model_config))))
+
+
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A field with its command-line help (and any extra typer.Option settings) in its metadata."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "gpt2"
-    pretrained: str | None = None  # fine-tune from these weights instead of a random init
-    dataset: str = "finewebedu"
-    dataset_dir: str = str(DEFAULT_DATASET_DIR)
-    device: str = "auto"
-    sequence_length: int = 1024
-    micro_batch_size: int = 16
-    total_batch_size: int | None = None  # None: the preset's
-    max_steps: int | None = None
-    warmup_steps: int | None = None
-    max_lr: float | None = None
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_steps: int = 250
-    validation_steps: int = 20
-    hellaswag_samples: int | None = None  # None: all; 0: off
-    hellaswag_file: str | None = None
-    checkpoint_steps: int = 5000
-    checkpoint_dir: str = "checkpoints"
-    log_file: str | None = None  # None: <checkpoint_dir>/train_log.jsonl
-    compile: bool | None = None  # None: where it helps on this device
-    dtype: str = "auto"
-    seed: int = 1337
-    shuffle: bool = True
-    resume: str | None = None  # a checkpoint path, or "auto" for the newest in checkpoint_dir
-    stop_at_step: int | None = None  # stop (with a checkpoint) after this step; the schedule stays max_steps long
+    model: str = _option("gpt2", f"Preset: {', '.join(RECIPES)}.")
+    pretrained: str | None = _option(None, "Fine-tune from these weights (gpt2, a Hub id, a folder, or a checkpoint "
+                                           "file) instead of a random init; the schedule follows their size.")
+    dataset: str = _option("finewebedu", "A dataset prepared with `nano-gpt prepare_dataset`.")
+    dataset_dir: str = _option(str(DEFAULT_DATASET_DIR), "Where prepared shards live.")
+    device: str = _option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    dtype: str = _option("auto", f"{DTYPE_CHOICES}. auto: bf16 on GPUs that have it (else fp16 with a grad "
+                                 "scaler), fp32 on MPS, and on CPUs whichever of fp32 and bf16 measures faster.")
+    compile: bool | None = _option(None, "torch.compile the model (default: on for CUDA and CPU, off on MPS).",
+                                   flag="--compile/--no-compile")
+    sequence_length: int = _option(1024, "Tokens per training sequence.")
+    micro_batch_size: int = _option(16, "Sequences per forward pass per process.")
+    total_batch_size: int | None = _option(None, "Tokens per optimizer step (gradient accumulation fills it); "
+                                                 "default from the recipe (524,288 for gpt2).")
+    max_steps: int | None = _option(None, "Optimizer steps; default from the recipe (19,073 for gpt2: 10B tokens).")
+    warmup_steps: int | None = _option(None, "Linear warmup steps; default from the recipe (715 for gpt2).")
+    max_lr: float | None = _option(None, "Peak learning rate; default from the recipe (6e-4 for gpt2).")
+    min_lr_ratio: float = _option(0.1, "The cosine decays to max-lr x this (0 to 1).")
+    weight_decay: float = _option(0.1, "AdamW weight decay on 2-D weights.")
+    grad_clip: float = _option(1.0, "Clip the global gradient norm to this (positive).")
+    seed: int = _option(1337, "Seed for the initial weights and the data order.")
+    shuffle: bool = _option(True, "Shuffle shard and document order each epoch.", flag="--shuffle/--no-shuffle")
+    eval_steps: int = _option(250, "Evaluate (validation loss, HellaSwag, a sample) every N steps.")
+    validation_steps: int = _option(20, "Validation batches per evaluation; 0 skips it.")
+    hellaswag_samples: int | None = _option(
+        None, "HellaSwag examples per evaluation (default all 10,042 when the file is cached or can be "
+              "downloaded, else skipped with a warning; 0 skips it).", aliases=("--hellaswag_samples",))
+    hellaswag_file: str | None = _option(None, "A local hellaswag_val.jsonl instead of the cached download.")
+    checkpoint_dir: str = _option("checkpoints", "Where checkpoints and the log go; one run per folder.")
+    checkpoint_steps: int = _option(5000, "Write a checkpoint every N steps (and at the end).")
+    log_file: str | None = _option(None, "JSON-lines log of every step and eval (default <checkpoint-dir>/train_log.jsonl).")
+    resume: str | None = _option(None, "Continue from a checkpoint file, or `auto` for the newest in --checkpoint-dir.")
+    overwrite: bool = _option(False, "Start a new run in a --checkpoint-dir that holds another run, deleting its "
+                                     "checkpoints and log.")
+    stop_at_step: int | None = _option(None, "Stop with a checkpoint after this step, keeping the --max-steps "
+                                             "schedule (resume later).")
 
-    def resolved(self) -> "TrainConfig":
-        """Fill what was left to the preset; validate what a user can get wrong."""
+    def validate(self) -> None:
+        """Refuse what cannot train: unknown names, and numbers out of range or not finite."""
         if self.model not in RECIPES and self.pretrained is None:
             raise NanoGPTError(f"unknown model {self.model!r}; choose one of: {', '.join(RECIPES)}")
         if self.dtype not in DTYPES:
-            raise NanoGPTError(f"unknown --dtype={self.dtype}; choose one of: {', '.join(DTYPES)}")
-        recipe = RECIPES.get(self.model, RECIPES["gpt2"])
-        def preset(value: float | None, default: float) -> float:
-            return default if value is None else value  # an explicit 0 stays 0, and is refused below
+            raise NanoGPTError(f"unknown --dtype={self.dtype}; choose {DTYPE_CHOICES}")
+        for name in ("sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "eval_steps",
+                     "checkpoint_steps", "max_lr", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise NanoGPTError(f"--{_flag(name)}={value} must be a positive number")
+        for name in ("warmup_steps", "validation_steps", "hellaswag_samples", "weight_decay", "stop_at_step"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise NanoGPTError(f"--{_flag(name)}={value} must be zero or more")
+        if not (math.isfinite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            raise NanoGPTError(f"--min-lr-ratio={self.min_lr_ratio} must be between 0 and 1")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise NanoGPTError(f"--seed={self.seed} must be between 0 and 2**64 - 1")
+        if self.overwrite and self.resume is not None:
+            raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
+
+    def resolved(self, recipe: str | None = None) -> "TrainConfig":
+        """Validated, with what was left open filled from `recipe` (default: --model's)."""
+        self.validate()
+        defaults = RECIPES[recipe or self.model]
+
+        def fill(value: float | None, default: float) -> float:
+            return default if value is None else value
 
         filled = dataclasses.replace(
             self,
-            total_batch_size=preset(self.total_batch_size, recipe.total_batch_size),
-            max_steps=preset(self.max_steps, recipe.max_steps),
-            warmup_steps=preset(self.warmup_steps, recipe.warmup_steps),
-            max_lr=preset(self.max_lr, recipe.max_lr),
+            total_batch_size=fill(self.total_batch_size, defaults.total_batch_size),
+            max_steps=fill(self.max_steps, defaults.max_steps),
+            warmup_steps=fill(self.warmup_steps, defaults.warmup_steps),
+            max_lr=fill(self.max_lr, defaults.max_lr),
             log_file=self.log_file or f"{self.checkpoint_dir}/train_log.jsonl",
         )
-        for name in ("sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "eval_steps",
-                     "checkpoint_steps", "max_lr"):
-            if getattr(filled, name) <= 0:
-                raise NanoGPTError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("warmup_steps", "validation_steps", "hellaswag_samples"):
-            if (getattr(filled, name) or 0) < 0:
-                raise NanoGPTError(f"--{name.replace('_', '-')} must not be negative")
         if filled.warmup_steps >= filled.max_steps:
             raise NanoGPTError(f"--warmup-steps={filled.warmup_steps} must be smaller than --max-steps={filled.max_steps}")
-        if not 0 <= filled.min_lr_ratio <= 1:
-            raise NanoGPTError("--min-lr-ratio must be between 0 and 1")
         return filled
 
     def to_dict(self) -> dict:
@@ -107,3 +149,13 @@ class TrainConfig:
                 "pick a total that is a multiple of it"
             )
         return self.total_batch_size // per_micro_step
+
+    @property
+    def last_step(self) -> int:
+        """The last step this invocation runs: --stop-at-step, or the end of the schedule."""
+        end = self.max_steps - 1
+        return end if self.stop_at_step is None else min(end, self.stop_at_step)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

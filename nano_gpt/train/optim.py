@@ -6,15 +6,14 @@ import torch
 from torch import nn
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
     """AdamW (betas 0.9, 0.95; eps 1e-8); weight decay on 2-D weights only (matmuls and embeddings),
-    not on biases and LayerNorm gains. The fused kernel where the device has one."""
+    not on biases and LayerNorm gains. `fused`: one kernel for all parameters (`Runtime.has_fused_adamw`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 

@@ -1,0 +1,89 @@
+"""What training measures every --eval-steps: validation loss, HellaSwag accuracy, and a sample to read."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nano_gpt.data import ShardLoader
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.eval import HellaSwagExample, evaluate_hellaswag, load_hellaswag, validation_loss
+from nano_gpt.generate import generate
+from nano_gpt.model import GPT
+from nano_gpt.runtime import Runtime
+from nano_gpt.tokenizer import VOCAB_SIZE, get_tokenizer
+from nano_gpt.train.config import TrainConfig
+from nano_gpt.train.runlog import RunLog
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_PROMPT = "Hello, I'm a language model,"
+
+
+def load_training_hellaswag(config: TrainConfig) -> list[HellaSwagExample] | None:
+    """The HellaSwag examples to evaluate on, or None. Asked for explicitly (a count or a file), an
+    unavailable file is an error; by default, one warning and training goes on without it."""
+    if config.hellaswag_samples == 0:
+        return None
+    explicit = config.hellaswag_samples is not None or config.hellaswag_file is not None
+    try:
+        return load_hellaswag(config.hellaswag_file, limit=config.hellaswag_samples)
+    except NanoGPTError as e:
+        if explicit:
+            raise
+        logger.warning("HellaSwag is skipped: %s (pass --hellaswag-samples=0 to silence this)", e)
+        return None
+
+
+class Evaluator:
+    """Runs the evaluations and logs them; built before step 0, so missing data fails at start."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, forward: nn.Module, log: RunLog | None) -> None:
+        self.config, self.runtime, self.model, self.forward, self.log = config, runtime, model, forward, log
+        self.val_loader = None
+        if config.validation_steps > 0:
+            self.val_loader = ShardLoader(Path(config.dataset_dir), config.dataset, "validation",
+                                          config.micro_batch_size, config.sequence_length,
+                                          rank=runtime.rank, world_size=runtime.world_size)
+        self.hellaswag = load_training_hellaswag(config)
+
+    def __call__(self, step: int) -> dict[str, float]:
+        """Evaluate before `step`'s update; returns the figures measured."""
+        tokens = step * self.config.total_batch_size
+        metrics: dict[str, float] = {}
+        self.model.eval()
+        if self.val_loader is not None:
+            # The (maybe compiled) training forward sees the training shapes again: no recompilation.
+            val = validation_loss(self.forward, self.val_loader, self.config.validation_steps, self.runtime.device,
+                                  self.runtime.dtype)
+            metrics["val_loss"] = val
+            self._record("val", step, tokens=tokens, val_loss=val)
+            logger.info("step: %d | val loss: %.4f", step, val)
+        if self.hellaswag is not None:
+            # Variable-length batches: the uncompiled module, so evaluation never triggers recompilation.
+            result = evaluate_hellaswag(self.model, self.hellaswag, self.runtime.device, dtype=self.runtime.dtype,
+                                        rank=self.runtime.rank, world_size=self.runtime.world_size)
+            metrics.update(hellaswag_acc=result.acc, hellaswag_acc_norm=result.acc_norm)
+            self._record("hellaswag", step, tokens=tokens, acc=result.acc, acc_norm=result.acc_norm, total=result.total)
+            logger.info("step: %d | hellaswag acc_norm: %.4f (%d/%d)", step, result.acc_norm, result.correct_norm,
+                        result.total)
+        if self.runtime.is_main and self.model.config.vocab_size >= VOCAB_SIZE:
+            self._log_samples()
+        self.model.train()
+        return metrics
+
+    def _record(self, kind: str, step: int, **fields: float) -> None:
+        if self.log is not None:
+            self.log.write(kind, step, **fields)
+
+    def _log_samples(self) -> None:
+        enc = get_tokenizer()
+        prompt = torch.tensor([enc.encode_ordinary(SAMPLE_PROMPT)] * 2, device=self.runtime.device)
+        with self.runtime.autocast():
+            samples = generate(self.model, prompt, 24, top_k=50,
+                               generator=torch.Generator(self.runtime.device).manual_seed(42))
+        for i, tokens in enumerate(samples):
+            logger.info("sample %d: %s", i, enc.decode(tokens))

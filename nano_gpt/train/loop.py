@@ -1,0 +1,207 @@
+"""`train(config)`: check everything that can fail, build the run, then a short loop of lr, step, log,
+evaluate and save.
+
+Single-device model code; data parallelism and torch.compile are applied here, from outside the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nano_gpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from nano_gpt.config import GPTConfig
+from nano_gpt.data import ShardLoader
+from nano_gpt.distributed import wrap_ddp
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.model import GPT
+from nano_gpt.pretrained import load_pretrained
+from nano_gpt.runtime import Runtime
+from nano_gpt.train import rundir
+from nano_gpt.train.config import TrainConfig, recipe_for
+from nano_gpt.train.evaluator import Evaluator
+from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
+from nano_gpt.train.optim import learning_rate, make_optimizer
+from nano_gpt.train.runlog import RunLog
+from nano_gpt.train.state import TrainState, check_structure, model_from_checkpoint_state
+from nano_gpt.train.step import NonFiniteError, train_step
+
+logger = logging.getLogger(__name__)
+
+# Settings that shape the batches or the schedule: changing them on resume makes a different run.
+RUN_DEFINING = ("dataset", "sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "warmup_steps",
+                "max_lr", "min_lr_ratio", "weight_decay", "seed", "shuffle")
+
+
+@dataclass
+class TrainResult:
+    last_step: int
+    losses: list[float]  # train loss of each step run in this process
+    checkpoint: Path | None  # the newest checkpoint written
+    interrupted: bool  # stopped by Ctrl-C
+    main_process: bool  # rank 0, which speaks for the run
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to checkpoint and stop at the next step boundary; a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        logger.warning("Ctrl-C: writing a checkpoint after this step, then stopping (Ctrl-C again to abort)")
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _initial_model(config: TrainConfig, checkpoint: dict | None, source: Path | None) -> GPT:
+    if checkpoint is not None:
+        return model_from_checkpoint_state(checkpoint, source)
+    if config.pretrained is not None:
+        return load_pretrained(config.pretrained)
+    torch.manual_seed(config.seed)  # the same init on every rank
+    return GPT(GPTConfig.from_preset(config.model))
+
+
+def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
+    changed = [f"{k} {saved[k]} -> {getattr(config, k)}" for k in RUN_DEFINING
+               if k in saved and saved[k] != getattr(config, k)]
+    if changed:
+        logger.warning("resuming with settings that differ from the checkpoint's (%s); the run will not match an "
+                       "uninterrupted one", ", ".join(changed))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a GPT as `config` says; under torchrun, each process calls this."""
+    config.validate()
+    resume_file = rundir.prepare(config)
+    checkpoint = load_checkpoint(resume_file) if resume_file is not None else None
+    if checkpoint is not None:
+        check_structure(checkpoint, resume_file)
+    model = _initial_model(config, checkpoint, resume_file)
+    recipe = recipe_for(model.config) if config.pretrained is not None else config.model
+    config = config.resolved(recipe)
+    if config.sequence_length > model.config.block_size:
+        raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
+                           f"{model.config.block_size}")
+    runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
+    try:
+        return _Trainer(config, runtime, model, recipe, checkpoint, resume_file).run()
+    finally:
+        runtime.close()
+
+
+class _Trainer:
+    """The run's components, built in order so that everything that can fail does so before step 0."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, recipe: str, checkpoint: dict | None,
+                 resume_file: Path | None) -> None:
+        self.config, self.runtime, self.resume_file = config, runtime, resume_file
+        self.grad_accum = config.grad_accum_steps(runtime.world_size)
+        loader = ShardLoader(Path(config.dataset_dir), config.dataset, "train", config.micro_batch_size,
+                             config.sequence_length, rank=runtime.rank, world_size=runtime.world_size,
+                             shuffle=config.shuffle, seed=config.seed)
+        model.to(runtime.device)
+        optimizer = make_optimizer(model, config.max_lr, config.weight_decay, fused=runtime.has_fused_adamw)
+        self.state = TrainState(model, optimizer, runtime.grad_scaler(), loader, runtime, config.to_dict())
+        if checkpoint is not None:
+            self.state.load_state_dict(checkpoint, resume_file)
+            logger.info("resuming from %s at step %d", resume_file, self.state.step + 1)
+            _warn_if_changed(checkpoint["train_config"], config)
+        self.use_compile = runtime.compiles_by_default if config.compile is None else config.compile
+        forward: torch.nn.Module = wrap_ddp(model, runtime.device) if runtime.distributed else model
+        self.forward = torch.compile(forward) if self.use_compile else forward
+        self.log = RunLog(Path(config.log_file), checkpoint["step"] if checkpoint else None) if runtime.is_main else None
+        self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)
+        self._announce(model, recipe, checkpoint is None)
+
+    def _announce(self, model: GPT, recipe: str, new_run: bool) -> None:
+        config, runtime = self.config, self.runtime
+        n_params = model.num_parameters(exclude_embeddings=True)
+        self.flops_per_step = flops_per_token(model.config, n_params, config.sequence_length) * config.total_batch_size
+        self.peak = peak_flops(runtime.device)
+        if self.log is not None and new_run:
+            self.log.write("config", 0, config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
+                           world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
+                           compile=self.use_compile, n_params=n_params)
+        source = f"pretrained {config.pretrained}" if config.pretrained else config.model
+        logger.info("model %s: %.1fM parameters | recipe %s | %s | compile %s | %d micro-steps of %d x %d tokens "
+                    "per step", source, model.num_parameters() / 1e6, recipe, runtime.describe(), self.use_compile,
+                    self.grad_accum, config.micro_batch_size, config.sequence_length)
+
+    def _save(self) -> Path | None:
+        if not self.runtime.is_main:
+            return None
+        path = checkpoint_path(Path(self.config.checkpoint_dir), self.state.step)
+        save_checkpoint(path, self.state.state_dict())
+        logger.info("saved %s", path)
+        return path
+
+    def run(self) -> TrainResult:
+        config, runtime, state = self.config, self.runtime, self.state
+        min_lr = config.max_lr * config.min_lr_ratio
+        last_checkpoint = self.resume_file
+        losses: list[float] = []
+        stop = _StopRequest()
+        self.progress = progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                            TimeRemainingColumn(), transient=True,
+                                            disable=not (runtime.is_main and sys.stderr.isatty()))
+        task = progress.add_task("train", total=config.last_step + 1, completed=state.step + 1)
+        try:
+            with progress:
+                for step in range(state.step + 1, config.last_step + 1):
+                    final = step == config.last_step
+                    if step % config.eval_steps == 0 or final:
+                        state.metrics.update(self.evaluator(step))
+                    t0 = time.perf_counter()
+                    lr = learning_rate(step, config.max_lr, min_lr, config.warmup_steps, config.max_steps)
+                    for group in state.optimizer.param_groups:
+                        group["lr"] = lr
+                    try:
+                        result = train_step(self.forward, state.optimizer, state.scaler, state.loader.next_batch,
+                                            runtime, self.grad_accum, config.grad_clip, stop.requested)
+                    except NonFiniteError as e:
+                        raise NanoGPTError(
+                            f"{e} at step {step}; stopped before updating the weights. The last good checkpoint is "
+                            f"{last_checkpoint or 'none (no checkpoint yet)'}; try a lower --max-lr or another "
+                            "--dtype") from e
+                    runtime.sync()
+                    state.step = step
+                    self._report(step, result.loss, result.norm, lr, time.perf_counter() - t0, result.skipped)
+                    losses.append(result.loss)
+                    progress.advance(task)
+                    if final or result.stop_requested or (step > 0 and step % config.checkpoint_steps == 0):
+                        last_checkpoint = self._save() or last_checkpoint
+                    if result.stop_requested:
+                        break
+        finally:
+            stop.restore()
+        return TrainResult(last_step=state.step, losses=losses, checkpoint=last_checkpoint,
+                           interrupted=stop.requested, main_process=runtime.is_main)
+
+    def _report(self, step: int, loss: float, norm: float, lr: float, dt: float, skipped: bool) -> None:
+        tokens = (step + 1) * self.config.total_batch_size
+        self.state.metrics.update(tokens=tokens, train_loss=loss)
+        if skipped:
+            logger.warning("step %d: fp16 gradients overflowed; the update was skipped and the loss scale lowered", step)
+        if not self.runtime.is_main:
+            return
+        tok_per_sec = self.config.total_batch_size / dt
+        mfu = self.flops_per_step / dt / self.peak / self.runtime.world_size if self.peak else None
+        self.progress.console.print(step_line(step, loss, norm, dt * 1000, tok_per_sec, lr, mfu), markup=False,
+                                    highlight=False, soft_wrap=True)
+        self.log.write("train", step, tokens=tokens, loss=loss, norm=norm, lr=lr, dt_ms=dt * 1000,
+                       tok_per_sec=tok_per_sec, mfu=mfu)
