@@ -2,6 +2,7 @@
 disk is lost, a corrupt split stops a reader before its first batch, and two prepare runs on one split
 end as one clean run."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -400,3 +401,39 @@ def test_num_procs_is_a_hidden_alias_of_num_workers(tmp_path: Path) -> None:
     assert "--num-workers" in help_text and "--num-procs" not in help_text
     with pytest.raises(NanoGPTError, match="--num-procs=1 and --num-workers=2 disagree"):
         prepare_command_function(dataset=str(corpus), dataset_dir=tmp_path / "ds", num_workers=2, num_procs=1)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if _read(stat) and int(_read(stat).rsplit(")", 1)[1].split()[1]) == pid]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_tokenizer_workers_leave_when_their_parent_is_killed(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", documents(3000, seed=13, words=300))
+    process = subprocess.Popen([sys.executable, "-m", "nano_gpt", "prepare_dataset", f"--dataset={corpus}",
+                                "--tokens-per-shard=1000", "--num-workers=2", f"--dataset-dir={tmp_path / 'ds'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        train = split_dir(tmp_path / "ds", str(corpus), "train")
+        _wait_for(lambda: (train / "progress.jsonl").exists() and len(_children(process.pid)) >= 2, "the workers")
+        workers = _children(process.pid)
+        process.kill()  # the parent alone, as the out-of-memory killer does
+        process.wait()
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), "the orphaned workers to exit", timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)

@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -104,8 +105,17 @@ def _batches(documents: Iterable[str], first_document: int) -> Iterator[Batch]:
         yield batch
 
 
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
+    # A worker whose parent was killed (SIGKILL, the out-of-memory killer) would wait on the task queue
+    # forever, keeping the descriptors it inherited, the split's lock among them: leave with the parent.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         get_tokenizer()  # under spawn each worker builds its own (under a second), before the first batch
     except Exception:  # noqa: BLE001 - raised again by the first batch, where it reaches the user as one line
