@@ -1,14 +1,25 @@
 """Export a GPT as a Hugging Face GPT-2 model folder that `transformers` and the Hub load as is.
 
 The folder holds `model.safetensors` in OpenAI's GPT-2 layout (see `nano_gpt.hf`), a `GPT2Config`
-`config.json`, `generation_config.json` and the GPT-2 tokenizer files. It is written to a temp folder
-next to the target and renamed into place at the end, so a failed export leaves no half-written model.
+`config.json`, `generation_config.json`, the GPT-2 tokenizer files and a model card (`README.md`,
+with `training_log.png` when the run's log is known). It is written to a temp folder next to the
+target and renamed into place at the end, so a failed export leaves no half-written model.
+
+The temp folder's name carries the writer's PID (`.<name>.<pid>.<random>.tmp`): an export killed
+mid-way leaves it behind, and the next export beside it removes it once that process is gone.
+`force` replaces only a folder that holds nothing but a previous export, never the working
+directory, one of its ancestors, the home folder or the filesystem root.
 """
 
+from __future__ import annotations
+
 import logging
+import os
+import re
 import secrets
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -16,18 +27,109 @@ from safetensors.torch import save_file
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hf import config_to_hf, state_dict_to_hf
 from nano_gpt.model import GPT
+from nano_gpt.model_card import (
+    DEFAULT_LICENSE,
+    PLOT_FILE,
+    CardFacts,
+    facts_from_model,
+    nano_gpt_version,
+    render_model_card,
+    training_plot,
+)
 from nano_gpt.tokenizer import VOCAB_SIZE, bpe_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
+# Every file an export writes (tokenizer files vary with the transformers release): a folder holding
+# only these is a previous export, which --force may replace.
+EXPORT_FILES = frozenset({
+    "model.safetensors", "config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "README.md", PLOT_FILE,
+})
 
-def _check_export_dir(export_dir: Path, force: bool = False) -> None:
-    """Refuse a target that is a file, or a non-empty folder unless `force`."""
-    export_dir = Path(export_dir)
+
+def _is_previous_export(folder: Path) -> bool:
+    return all(p.name in EXPORT_FILES and not p.is_dir() for p in folder.iterdir())
+
+
+def prepare_export_dir(export_dir: Path | str, force: bool = False) -> Path:
+    """The folder to export to, once killed exports' leftovers beside it are cleaned up; refuses an empty
+    name, a path through a file, and any target whose replacement could destroy anything but a previous
+    export. Cheap, so a CLI calls it before loading a model."""
+    if str(export_dir) == "":
+        raise NanoGPTError("--export-dir is empty; name a folder such as --export-dir=export")
+    export_dir = Path(export_dir).expanduser()
+    target = export_dir.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if target == cwd or cwd.is_relative_to(target):
+        what = "the working directory" if target == cwd else "a folder that holds the working directory"
+        raise NanoGPTError(f"--export-dir {export_dir} is {what}; name a new folder such as --export-dir=export")
+    if target == home or target.parent == target:
+        what = "your home folder" if target == home else "the filesystem root"
+        raise NanoGPTError(f"--export-dir {export_dir} is {what}; name a new folder such as --export-dir=export")
     if export_dir.exists() and not export_dir.is_dir():
         raise NanoGPTError(f"--export-dir {export_dir} is a file; pass a folder")
-    if export_dir.is_dir() and any(export_dir.iterdir()) and not force:
-        raise NanoGPTError(f"{export_dir} is not empty; pass --force to replace it, or another --export-dir")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NanoGPTError(f"cannot write to {export_dir}: {blocking} is a file, not a folder; choose another "
+                           "--export-dir")
+    _clean_leftovers(target)
+    if not export_dir.is_dir():
+        return export_dir
+    try:
+        entries = sorted(p.name for p in export_dir.iterdir())
+        previous_export = _is_previous_export(export_dir)
+    except OSError as e:
+        raise NanoGPTError(f"cannot read --export-dir {export_dir} ({e.strerror}); choose another folder") from e
+    if not entries:
+        return export_dir
+    if not previous_export:
+        others = [name for name in entries if name not in EXPORT_FILES or (export_dir / name).is_dir()]
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise NanoGPTError(f"{export_dir} is not empty and holds files no export writes ({shown}); choose another "
+                           "--export-dir (--force replaces only a previous export)")
+    if not force:
+        raise NanoGPTError(f"{export_dir} holds a previous export; pass --force to replace it, or another --export-dir")
+    return export_dir
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OverflowError:
+        return False  # not a PID this system could have
+    return True
+
+
+def _clean_leftovers(target: Path) -> None:
+    """Remove the temp folders that killed exports to `target` left beside it.
+
+    A leftover `.old` (an export killed between its two renames) is the previous export: if the
+    target is missing it is put back rather than deleted.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]+\.(tmp|old)")
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return  # an unreadable or missing parent is reported when the export writes there
+    for entry in sorted(entries, key=lambda p: p.name.endswith(".tmp")):  # .old first: it may be restored
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_dir() or entry.is_symlink() or _pid_alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not target.exists():
+            logger.warning("restoring %s from %s, left by an export that was killed", target, entry.name)
+            entry.rename(target)
+        else:
+            logger.info("removing %s, left by an export that was killed", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _write_tokenizer(folder: Path, model_max_length: int) -> None:
@@ -42,6 +144,12 @@ def _write_tokenizer(folder: Path, model_max_length: int) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def safetensors_metadata() -> dict[str, str]:
+    """`format: pt` tells transformers these are PyTorch tensors; the producer says what wrote them."""
+    version = nano_gpt_version()
+    return {"format": "pt", "producer": "nano-gpt", **({"producer_version": version} if version else {})}
+
+
 def _write_model(model: GPT, folder: Path, device: torch.device | str) -> None:
     from transformers import GenerationConfig, GPT2Config
 
@@ -49,11 +157,17 @@ def _write_model(model: GPT, folder: Path, device: torch.device | str) -> None:
     hf_config.save_pretrained(folder)
     GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
     sd = state_dict_to_hf({k: v.detach().to(device) for k, v in model.state_dict().items()}, VOCAB_SIZE)
-    # fp32 on the CPU, as config.json says; the metadata tells transformers these are PyTorch tensors.
+    # fp32 on the CPU, as config.json says.
     save_file({k: v.to("cpu", torch.float32) for k, v in sd.items()}, folder / "model.safetensors",
-              metadata={"format": "pt"})
+              metadata=safetensors_metadata())
     # safetensors creates its file private (0600); give it the umask's mode, as config.json got.
     shutil.copymode(folder / "config.json", folder / "model.safetensors")
+
+
+def _write_card(folder: Path, card: str, plot: Figure | None) -> None:
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    if plot is not None:
+        plot.savefig(folder / PLOT_FILE)
 
 
 def _swap_into_place(tmp: Path, export_dir: Path) -> None:
@@ -61,7 +175,7 @@ def _swap_into_place(tmp: Path, export_dir: Path) -> None:
     if not export_dir.exists():
         tmp.rename(export_dir)
         return
-    old = tmp.with_suffix(".old")  # tmp's name is random, so this one is free
+    old = tmp.with_suffix(".old")  # tmp's name is unique, so this one is free
     export_dir.rename(old)
     try:
         tmp.rename(export_dir)
@@ -71,32 +185,52 @@ def _swap_into_place(tmp: Path, export_dir: Path) -> None:
     shutil.rmtree(old)
 
 
+def _os_error_message(export_dir: Path, e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    return f"cannot write to {export_dir} ({e.strerror or e}{where}); choose a writable --export-dir"
+
+
 def export_model(
-    model: GPT, export_dir: Path | str, force: bool = False, device: torch.device | str = "cpu"
+    model: GPT,
+    export_dir: Path | str,
+    force: bool = False,
+    device: torch.device | str = "cpu",
+    *,
+    facts: CardFacts | None = None,
+    model_card: str | None = None,
+    repo_id: str | None = None,
+    license: str = DEFAULT_LICENSE,
 ) -> Path:
-    """Write `model` to `export_dir` as a complete Hugging Face GPT-2 folder; returns the folder.
+    """Write `model` to `export_dir` as a complete Hugging Face GPT-2 folder with a model card; returns the folder.
 
     A vocabulary padded for training (50304) is cut back to GPT-2's 50257 tokens: the padding rows
     are never targets and no text encodes to them. `device` is where the conversion runs.
+    The card is rendered from `facts` (default: what the model itself tells), its snippets load
+    `repo_id` when given (the folder is going to the Hub); `model_card` replaces it with a
+    user's own text. A training-log plot goes in when `facts` carry the run's log.
     """
-    export_dir = Path(export_dir)
-    _check_export_dir(export_dir, force)
+    export_dir = prepare_export_dir(export_dir, force)
     if model.config.vocab_size < VOCAB_SIZE:
         raise NanoGPTError(
             f"the model has a vocabulary of {model.config.vocab_size}, smaller than GPT-2's {VOCAB_SIZE}; "
             "only models using the GPT-2 tokenizer can be exported"
         )
-    target = export_dir.resolve()  # so `.` and `out/` have a name to put the temp folder beside
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    target = export_dir.resolve()  # so `out/` and `a/../b` have a name to put the temp folder beside
+    facts = facts or facts_from_model(model)
+    name = repo_id.split("/")[-1] if repo_id else target.name
+    plot = training_plot(facts, title=repo_id or target.name)
+    card = model_card if model_card is not None else render_model_card(
+        facts, name=name, repo_id=repo_id, license=license, plot_file=PLOT_FILE if plot is not None else None)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # unlike tempfile.mkdtemp (0700), this follows the umask, as the final folder should
         _write_model(model, tmp, device)
         _write_tokenizer(tmp, model.config.block_size)
+        _write_card(tmp, card, plot)
         _swap_into_place(tmp, target)
     except OSError as e:
-        reason = f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
-        raise NanoGPTError(f"cannot write to {export_dir} ({reason}); choose a writable --export-dir") from e
+        raise NanoGPTError(_os_error_message(export_dir, e)) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     logger.debug("exported %s", export_dir)

@@ -1,10 +1,12 @@
 """`nano-gpt export`: what we trained must load in `transformers` and behave exactly like our model."""
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
@@ -18,7 +20,7 @@ from nano_gpt.tokenizer import VOCAB_SIZE
 from nano_gpt.train import TrainConfig, train
 
 EXPORTED_FILES = {"model.safetensors", "config.json", "generation_config.json", "vocab.json", "merges.txt",
-                  "tokenizer.json", "tokenizer_config.json"}
+                  "tokenizer.json", "tokenizer_config.json", "README.md"}
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +127,21 @@ def test_export_of_a_transformers_folder_round_trips_to_identical_tensors(
         assert config[key] == source[key], key
 
 
-def test_a_non_empty_export_dir_is_refused_without_force(trained_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_folder_of_other_files_is_refused_without_inviting_force(trained_checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "keep.txt").write_text("mine")
-    result = run_cli("export", "--checkpoint", str(trained_checkpoint), "--export-dir", str(tmp_path / "export"))
-    assert_one_line_error(result, "not empty", "--force")
+    for force in ([], ["--force"]):
+        result = run_cli("export", "--checkpoint", str(trained_checkpoint), "--export-dir", str(tmp_path / "export"),
+                         *force)
+        assert_one_line_error(result, "not empty", "keep.txt", "choose another --export-dir")
+        assert "pass --force" not in result.stderr
     assert [p.name for p in (tmp_path / "export").iterdir()] == ["keep.txt"]
+
+
+def test_the_weights_file_names_its_format_and_producer(exported_dir: Path) -> None:
+    with safe_open(exported_dir / "model.safetensors", "pt") as f:
+        metadata = f.metadata()
+    assert metadata == {"format": "pt", "producer": "nano-gpt", "producer_version": version("nano-gpt")}
 
 
 def _fail(*args: object) -> None:
@@ -143,18 +154,18 @@ def test_a_failed_export_keeps_the_old_folder_and_leaves_no_temp_files(
     model = model_from_checkpoint(trained_checkpoint)
     export_dir = tmp_path / "export"
     export_dir.mkdir()
-    (export_dir / "old.txt").write_text("old")
+    (export_dir / "README.md").write_text("old")  # a previous export, which --force may replace
     with monkeypatch.context() as m:
         m.setattr(nano_gpt.export, "_write_tokenizer", _fail)  # fails after model.safetensors is written
         with pytest.raises(NanoGPTError, match="No space left"):
             export_model(model, export_dir, force=True)
         with pytest.raises(NanoGPTError, match="No space left"):
             export_model(model, tmp_path / "new")
-    assert [p.name for p in export_dir.iterdir()] == ["old.txt"]
+    assert [p.name for p in export_dir.iterdir()] == ["README.md"] and (export_dir / "README.md").read_text() == "old"
     assert not (tmp_path / "new").exists()
     assert _leftovers(tmp_path) == []
     export_model(model, export_dir, force=True)
-    assert {p.name for p in export_dir.iterdir()} >= EXPORTED_FILES and not (export_dir / "old.txt").exists()
+    assert {p.name for p in export_dir.iterdir()} >= EXPORTED_FILES and (export_dir / "README.md").read_text() != "old"
     assert _leftovers(tmp_path) == []
 
 

@@ -1,31 +1,59 @@
 """`nano-gpt export`: a training checkpoint or pretrained weights as a Hugging Face model folder."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model
-from nano_gpt.devices import resolve_device
-from nano_gpt.export import export_model
+from nano_gpt.runtime import resolve_device
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.export import prepare_export_dir, export_model
+from nano_gpt.hub import check_repo_id, push_to_hub
+from nano_gpt.model_card import DEFAULT_LICENSE, facts_from_checkpoint, facts_from_pretrained, read_model_card
 
 
 def export(
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = None,
-    export_dir: Annotated[Path, typer.Option(help="The folder to write: new or empty, unless --force.")] = Path("export"),
-    force: Annotated[bool, typer.Option(help="Replace a non-empty --export-dir, once the new one is complete.")] = False,
+    # A string, not a Path: Path("") is ".", and an empty --export-dir= must be refused, not read as here.
+    export_dir: Annotated[str, typer.Option(metavar="FOLDER", help="The folder to write: new or empty, unless --force.")
+                          ] = "export",
+    force: Annotated[bool, typer.Option(help="Replace a previous export in --export-dir, once the new one is complete. "
+                                             "A folder holding other files is never replaced.")] = False,
     device: DeviceOption = "cpu",
+    model_card: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Your own README.md instead of the "
+                                                       "generated model card.")] = None,
+    license: Annotated[str, typer.Option(help="The license id in the model card's metadata (mit, apache-2.0, "
+                                              "other, ...).")] = DEFAULT_LICENSE,
+    push_to_hub_repo: Annotated[Optional[str], typer.Option("--push-to-hub", metavar="USER/REPO", help="Then upload "
+                                "the folder to this Hugging Face Hub model repo (created if missing).")] = None,
+    private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="With --push-to-hub: the branch to push to (created if "
+                                                         "missing); default main.")] = None,
 ) -> None:
     """Export a training checkpoint (or --pretrained weights) as a Hugging Face GPT-2 model folder.
 
     Writes model.safetensors in OpenAI's GPT-2 layout (vocabulary cut back to 50,257), config.json,
-    generation_config.json and the tokenizer files.
+    generation_config.json, the tokenizer files and a model card, README.md (with training_log.png when
+    the run's train_log.jsonl sits beside the checkpoint).
 
-    `transformers`, `nano-gpt sample --pretrained=FOLDER` and `hf upload` take the folder as it is.
+    `transformers`, `nano-gpt sample --pretrained=FOLDER` and `hf upload` take the folder as it is;
+    --push-to-hub=USER/REPO uploads it once it is complete.
     """
+    if (private or revision) and push_to_hub_repo is None:
+        raise NanoGPTError("--private and --revision go with --push-to-hub=USER/REPO")
+    if push_to_hub_repo is not None:
+        check_repo_id(push_to_hub_repo)
+    prepare_export_dir(export_dir, force)  # before a model load that may take minutes
+    card = read_model_card(model_card) if model_card is not None else None
     torch_device = resolve_device(device)
     model = load_model(pretrained, checkpoint, default=None)
-    folder = export_model(model, export_dir, force=force, device=torch_device)
+    facts = facts_from_checkpoint(checkpoint, model) if checkpoint is not None else facts_from_pretrained(pretrained, model)
+    folder = export_model(model, export_dir, force=force, device=torch_device, facts=facts, model_card=card,
+                          repo_id=push_to_hub_repo, license=license)
     files = ", ".join(sorted(p.name for p in folder.iterdir()))
     print(f"exported to {folder}: {files}")
+    if push_to_hub_repo is not None:
+        url = push_to_hub(folder, push_to_hub_repo, private=private, revision=revision)
+        print(f"pushed to {url}")
