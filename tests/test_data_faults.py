@@ -180,6 +180,12 @@ def _parquet_of_numbers(folder: Path) -> Path:
     return folder / "corpus.parquet"
 
 
+def _hub_layout_of_numbers(folder: Path) -> str:
+    (folder / "hub").mkdir()
+    pq.write_table(pa.table({"text": [1, 2, 3]}), folder / "hub" / "train.parquet")
+    return f"hf:{folder / 'hub'}"
+
+
 BAD_INPUTS = {
     "jsonl-text-a-number": (_write("corpus.jsonl", b'{"text": "fine"}\n{"text": 42}\n'), ["corpus.jsonl:2: 'text' is a number, not a string"]),
     "jsonl-text-a-list": (_write("corpus.jsonl", b'{"text": ["a", "b"]}\n'), ["corpus.jsonl:1: 'text' is a list"]),
@@ -192,11 +198,13 @@ BAD_INPUTS = {
     "txt-not-utf8": (_write("corpus.txt", b"fine \xff\xfe text"), ["corpus.txt is not UTF-8 text", "byte 5"]),
     "parquet-garbage": (_write("corpus.parquet", b"PAR1 this is not parquet at all"), ["corpus.parquet is not a parquet file"]),
     "parquet-text-of-numbers": (_parquet_of_numbers, ["corpus.parquet: column 'text' holds int64, not strings"]),
+    "hf-text-of-numbers": (_hub_layout_of_numbers, ["hub': 'text' is a number, not a string"]),
 }
 
 
 @pytest.mark.parametrize(("make", "fragments"), BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_input_is_one_line_naming_the_file_and_writes_no_manifest(tmp_path: Path, make: Callable[[Path], Path],
+def test_bad_input_is_one_line_naming_the_file_and_writes_no_manifest(tmp_path: Path,
+                                                                      make: Callable[[Path], Path | str],
                                                                       fragments: list[str]) -> None:
     corpus = make(tmp_path)
     with pytest.raises(NanoGPTError) as error:
