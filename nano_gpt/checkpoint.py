@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors and Python primitives (model and optimizer state, step,
 configs as dicts, data-loader position, RNG states) saved with `torch.save` and loaded with
-`weights_only=True`, so loading a checkpoint cannot execute code.
+`weights_only=True`, so loading a checkpoint cannot execute code. `model_from_checkpoint` also reads
+the checkpoints of the projects nano-gpt grew from (see `nano_gpt.peer_checkpoints`).
 """
 
 import os
@@ -14,8 +15,11 @@ import torch
 
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT, GPTConfig
+from nano_gpt.peer_checkpoints import UNDERSTOOD, peer_format, peer_model, read_checkpoint_file
+from nano_gpt.weights import config_from_fields, model_from_weights
 
 _NAME = re.compile(r"checkpoint_(\d+)\.bin")
+CHECKPOINT_GLOB = "checkpoint_*.bin"
 
 
 def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
@@ -43,33 +47,42 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
+def _is_nano_gpt_checkpoint(state: Any) -> bool:
+    return isinstance(state, dict) and "model" in state and "model_config" in state
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint dict; a missing, corrupt or foreign file is a one-line NanoGPTError."""
-    path = Path(path)
-    if not path.is_file():
-        raise NanoGPTError(f"checkpoint {path} not found; pass a checkpoint_NNNNNN.bin written by `nano-gpt train`")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise NanoGPTError(f"cannot read checkpoint {path}: the file is corrupt or not a nano-gpt checkpoint") from e
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise NanoGPTError(f"{path} is not a nano-gpt checkpoint (no model or model_config)")
+    """A nano-gpt checkpoint dict; a missing, corrupt or foreign file is a one-line NanoGPTError."""
+    state = read_checkpoint_file(path, map_location)
+    if not _is_nano_gpt_checkpoint(state):
+        if (fmt := peer_format(state)) is not None:
+            raise NanoGPTError(f"{path} is a {fmt} checkpoint: it holds a model but not nano-gpt's training state, "
+                               f"so it cannot be resumed; fine-tune from it with `nano-gpt train --pretrained={path}`")
+        raise NanoGPTError(f"{path} is not a checkpoint nano-gpt understands; it reads {UNDERSTOOD}")
     return state
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The checkpoint with the highest step in `checkpoint_dir`, if any."""
-    found = [(int(m.group(1)), p) for p in Path(checkpoint_dir).glob("checkpoint_*.bin") if (m := _NAME.fullmatch(p.name))]
+    found = [(int(m.group(1)), p) for p in Path(checkpoint_dir).glob(CHECKPOINT_GLOB) if (m := _NAME.fullmatch(p.name))]
     return max(found)[1] if found else None
 
 
-def model_from_state(state: dict[str, Any]) -> GPT:
-    """The GPT a loaded checkpoint holds."""
-    model = GPT(GPTConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model
+def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> GPT:
+    """The GPT a loaded nano-gpt checkpoint holds, its sizes, keys and shapes checked (`source` names it in errors)."""
+    fields = state["model_config"]
+    if not isinstance(fields, dict):
+        raise NanoGPTError(f"{source}: model_config is {type(fields).__name__}, not a dict of GPTConfig fields")
+    config_from_fields(fields, source)  # sizes in range before anything is built
+    try:
+        config = GPTConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise NanoGPTError(f"{source}: model_config does not fit GPTConfig ({e})") from e
+    return model_from_weights(config, state["model"], source)
 
 
 def model_from_checkpoint(path: Path) -> GPT:
-    """The trained model in a checkpoint, on the CPU in fp32."""
-    return model_from_state(load_checkpoint(path)).float().eval()
+    """The model in a checkpoint of nano-gpt or of a peer project (see `UNDERSTOOD`), on the CPU in fp32."""
+    state = read_checkpoint_file(path)
+    model = model_from_state(state, str(path)) if _is_nano_gpt_checkpoint(state) else peer_model(state, Path(path))
+    return model.float().eval()

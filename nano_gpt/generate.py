@@ -49,11 +49,13 @@ def generate(
     eos_token: int | None = EOT_TOKEN,
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    vocab_size: int = VOCAB_SIZE,
 ) -> list[list[int]]:
     """Continue each row of `prompt` (B, T) by up to `max_new_tokens` tokens.
 
     Returns each sequence's tokens, prompt included; a sequence stops at `eos_token`, which is not
-    returned. `on_token` receives each step's new tokens (B,), for streaming.
+    returned. `on_token` receives each step's new tokens (B,), for streaming. Only ids below
+    `vocab_size`, the tokenizer's (GPT-2's by default), are sampled.
     """
     B, T = prompt.shape
     total = T + max_new_tokens
@@ -71,7 +73,7 @@ def generate(
     while True:
         # Columns past the tokenizer's 50257 are padding (GPTConfig.vocab_size 50304): no text decodes
         # from them, so they are never sampled, and a padded model samples exactly as its export does.
-        last = logits[:, -1, :VOCAB_SIZE]  # (B, min(V, 50257))
+        last = logits[:, -1, :vocab_size]  # (B, min(V, vocab_size))
         next_token = sample_next_token(last, temperature, top_k, top_p, greedy, generator)[:, 0]  # (B,)
         if eos_token is not None:
             next_token = next_token.masked_fill(finished, eos_token)

