@@ -9,11 +9,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, load_model_and_tokenizer
 from nano_gpt.data import DEFAULT_DATASET_DIR, ShardLoader
-from nano_gpt.devices import resolve_device
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import HellaSwagResult, evaluate_hellaswag, load_hellaswag, validation_loss
+from nano_gpt.tokenizer import VOCAB_SIZE, is_gpt2
+from nano_gpt.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ def eval_model(
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     dataset: Annotated[Optional[str], typer.Option(help="A dataset prepared with `nano-gpt prepare_dataset`, for the validation loss.")] = None,
     dataset_dir: Annotated[Path, typer.Option(help="Where prepared shards live.")] = DEFAULT_DATASET_DIR,
     validation_steps: Annotated[int, typer.Option(min=0, help="Mean loss over this many batches of the validation split; 0 skips it.")] = 20,
@@ -30,18 +32,26 @@ def eval_model(
     hellaswag_file: Annotated[Optional[Path], typer.Option(help="A local HellaSwag jsonl instead of the validation set downloaded into the cache.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="HellaSwag examples, or validation sequences, per forward pass (a validation batch of 8 x 1024 tokens makes 1.6 GB of logits).")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    micro_batch_size: Annotated[Optional[int], typer.Option(min=1, hidden=True)] = None,  # the seed's --batch-size
 ) -> None:
     """Evaluate pretrained GPT-2 weights (default gpt2) or a training checkpoint.
 
     HellaSwag accuracy (acc: the ending with the lowest total loss, acc_norm: the lowest loss per token) and, with --dataset, the mean validation loss. --debug logs the running accuracy after every example.
     """
-    torch_device = resolve_device(device)
+    batch_size = batch_size if micro_batch_size is None else micro_batch_size
     examples = None if hellaswag_samples == 0 else load_hellaswag(hellaswag_file, hellaswag_samples)
-    model = load_model(pretrained, checkpoint).to(torch_device)
+    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
+    # The same precision decision as validation inside training, so the two val_loss figures agree.
+    runtime = Runtime.build(device, dtype, "eval", model.config)
+    logger.info("evaluating on %s", runtime.describe())
+    model.to(runtime.device)
     loader = None
     if validation_steps > 0 and dataset is None:
         logger.info("validation loss: skipped; pass --dataset=NAME (prepared by `nano-gpt prepare_dataset`) to measure it")
     elif validation_steps > 0:
+        if not is_gpt2(tokenizer) or model.config.vocab_size < VOCAB_SIZE:
+            raise NanoGPTError("--dataset holds GPT-2 tokens, but this model uses another tokenizer; pass "
+                               "--validation-steps=0, or a model trained on GPT-2's tokens")
         T = sequence_length or model.config.block_size
         if T > model.config.block_size:
             raise NanoGPTError(f"--sequence-length={T} exceeds the model's context of {model.config.block_size} tokens")
@@ -53,9 +63,9 @@ def eval_model(
         columns = (TextColumn("hellaswag"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("hellaswag", total=len(examples))
-            hellaswag = evaluate_hellaswag(model, examples, torch_device, batch_size=batch_size,
-                                           on_result=lambda _: progress.advance(task))
-    val_loss = None if loader is None else validation_loss(model, loader, validation_steps, torch_device)
+            hellaswag = evaluate_hellaswag(model, examples, runtime.device, batch_size=batch_size, dtype=runtime.dtype,
+                                           tokenizer=tokenizer, on_result=lambda _: progress.advance(task))
+    val_loss = None if loader is None else validation_loss(model, loader, validation_steps, runtime.device, runtime.dtype)
     _print_summary(hellaswag, val_loss, validation_steps, json_output)
 
 

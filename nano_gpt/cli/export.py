@@ -5,10 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model_and_tokenizer
 from nano_gpt.runtime import resolve_device
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.export import prepare_export_dir, export_model
+from nano_gpt.tokenizer import is_gpt2
 from nano_gpt.hub import check_repo_id, push_to_hub
 from nano_gpt.model_card import DEFAULT_LICENSE, facts_from_checkpoint, facts_from_pretrained, read_model_card
 
@@ -48,7 +49,10 @@ def export(
     prepare_export_dir(export_dir, force)  # before a model load that may take minutes
     card = read_model_card(model_card) if model_card is not None else None
     torch_device = resolve_device(device)
-    model = load_model(pretrained, checkpoint, default=None)
+    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint, default=None)
+    if not is_gpt2(tokenizer):  # an export ships GPT-2's tokenizer files; this model would need its own
+        raise NanoGPTError(f"{pretrained} has a tokenizer of its own; export writes GPT-2 models (it is already a "
+                           "Hugging Face folder: use it as it is)")
     facts = facts_from_checkpoint(checkpoint, model) if checkpoint is not None else facts_from_pretrained(pretrained, model)
     folder = export_model(model, export_dir, force=force, device=torch_device, facts=facts, model_card=card,
                           repo_id=push_to_hub_repo, license=license)

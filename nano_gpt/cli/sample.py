@@ -1,24 +1,31 @@
 """`nano-gpt sample`: continue a prompt."""
 
 import codecs
+import logging
 import sys
 from typing import Annotated, Optional
 
 import torch
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model
-from nano_gpt.devices import resolve_device
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, load_model_and_tokenizer
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.generate import generate
-from nano_gpt.tokenizer import get_tokenizer
+from nano_gpt.runtime import Runtime
+from nano_gpt.tokenizer import check_ids_fit
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "Hello, I'm a language model,"
 
 
 def sample(
-    prompt: Annotated[str, typer.Argument(help="Text to continue.")] = "Hello, I'm a language model,",
+    prompt: Annotated[Optional[list[str]], typer.Argument(help="Text to continue; several words need no quotes. "
+                                                          f"Default: {DEFAULT_PROMPT!r}.", metavar="PROMPT", show_default=False)] = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text on the same device.")] = None,
     max_length: Annotated[int, typer.Option(help="Total tokens per sequence, prompt included.")] = 30,
     num_sequences: Annotated[int, typer.Option(min=1, help="How many continuations to sample.")] = 5,
@@ -26,25 +33,35 @@ def sample(
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample from the k most likely tokens.")] = 50,
     top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Nucleus sampling: the smallest set of tokens holding this much probability.")] = None,
     greedy: Annotated[bool, typer.Option(help="Always take the most likely token.")] = False,
+    # The seed project's spellings, kept working for its users but out of --help.
+    sample_num_sequences: Annotated[Optional[int], typer.Option(min=1, hidden=True)] = None,
+    sample_max_length: Annotated[Optional[int], typer.Option(hidden=True)] = None,
+    sample_seed: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ) -> None:
     """Sample continuations of PROMPT from pretrained GPT-2 weights (default gpt2) or a training checkpoint.
 
     Prints one `> ` line per sequence; with --num-sequences=1 the text streams as it is generated.
     """
-    torch_device = resolve_device(device)
-    tokenizer = get_tokenizer()
+    num_sequences = num_sequences if sample_num_sequences is None else sample_num_sequences
+    max_length = max_length if sample_max_length is None else sample_max_length
+    seed = seed if sample_seed is None else sample_seed
+    prompt = " ".join(prompt) if prompt else DEFAULT_PROMPT
+    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
     prompt_tokens = tokenizer.encode_ordinary(prompt)
-    model = load_model(pretrained, checkpoint)
     block_size = model.config.block_size
     if not prompt_tokens:
         raise NanoGPTError("the prompt is empty; pass some text to continue")
+    check_ids_fit(prompt_tokens, model.config.vocab_size, tokenizer, "the prompt")
     if len(prompt_tokens) >= block_size:
         raise NanoGPTError(f"the prompt is {len(prompt_tokens)} tokens but the model's context is {block_size}; shorten it")
     if max_length <= len(prompt_tokens):
         raise NanoGPTError(f"--max-length={max_length} must be larger than the prompt's {len(prompt_tokens)} tokens")
     if max_length > block_size:
         raise NanoGPTError(f"--max-length={max_length} exceeds the model's context of {block_size} tokens; lower it")
-    model.to(torch_device)
+    runtime = Runtime.build(device, dtype, "decode", model.config)
+    logger.info("sampling on %s", runtime.describe())
+    model.to(runtime.device, runtime.dtype)  # weights in the decode precision: each token streams them all
+    torch_device = runtime.device
     generator = torch.Generator(torch_device)
     if seed is not None:
         generator.manual_seed(seed)
@@ -65,7 +82,7 @@ def sample(
 
     sequences = generate(
         model, idx, max_length - len(prompt_tokens), temperature=temperature, top_k=top_k, top_p=top_p,
-        greedy=greedy, generator=generator, on_token=on_token,
+        greedy=greedy, generator=generator, on_token=on_token, eos_token=tokenizer.eot_token, vocab_size=tokenizer.n_vocab,
     )
     if num_sequences == 1:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
