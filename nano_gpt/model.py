@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nano_gpt.config import PRESETS, GPTConfig
+from nano_gpt.fused_loss import linear_cross_entropy
 from nano_gpt.kv_cache import KVCache
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "Block", "CausalSelfAttention", "MLP"]
@@ -110,18 +111,19 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         caches: list[KVCache] | None = None,
         input_pos: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy if targets are given.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, V) for token ids idx (B, T); or, when targets (B, T) are given, (None, the mean
+        cross-entropy), ignoring targets of -1.
 
+        The loss comes from `linear_cross_entropy`, which never holds the (B * T, V) logits (412 MB at
+        2,048 tokens in fp32); callers that need logits call without targets.
         With `caches` (one per layer, see `new_kv_caches`), idx holds the tokens at positions
         input_pos..input_pos+T and earlier positions are read from the cache.
         """
-        logits = self.lm_head(self.hidden_states(idx, caches, input_pos))  # (B, T, V)
-        loss = None
+        x = self.hidden_states(idx, caches, input_pos)  # (B, T, C)
         if targets is not None:
-            # (B * T, V) against (B * T,); in fp32 even under autocast, as the softmax over 50k logits needs it
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), ignore_index=-1)
+        return self.lm_head(x), None  # (B, T, V)
 
     def hidden_states(
         self,

@@ -1,0 +1,82 @@
+"""The LM head and the cross-entropy fused and chunked over rows, so the (B*T, V) logits never exist at once.
+
+At GPT-2's vocabulary the logits dominate a training step's memory: 2,048 tokens x 50,304 columns is
+412 MB in fp32, held as logits, log-softmax output and their gradients (3.3 GB each for gpt2 at micro batch
+16 x 1024). Here each chunk of rows is projected, its loss summed, and, while its logits are still in
+cache, their gradient (softmax minus one-hot) multiplied into the gradients of the hidden states and of
+the weight; the next chunk reuses the memory. The backward pass then only scales the stored gradients,
+so the matmul work is the same as the plain path's (one forward, two backward), with no recomputation.
+Plain torch: it runs on CPU, CUDA and MPS, under autocast, and inside `torch.compile`.
+"""
+
+import torch
+
+CHUNK_ELEMENTS = 2**22  # logits per chunk (16 MiB in fp32): rows = CHUNK_ELEMENTS // V, 83 at GPT-2's vocabulary
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, skipping `ignore_index` targets."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, hidden: torch.Tensor, weight: torch.Tensor,
+                targets: torch.Tensor, compute_dtype: torch.dtype, chunk_rows: int, ignore_index: int) -> torch.Tensor:
+        # hidden (N, C), weight (V, C), targets (N,)
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        N = hidden.shape[0]
+        w = weight.to(compute_dtype)  # (V, C); a no-op when it already is
+        valid = targets != ignore_index  # (N,)
+        safe_targets = torch.where(valid, targets, 0)  # any real column: their terms are masked out
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        for start in range(0, N, chunk_rows):
+            end = min(start + chunk_rows, N)
+            h = hidden[start:end].to(compute_dtype)  # (n, C)
+            t, v = safe_targets[start:end, None], valid[start:end, None]  # (n, 1)
+            logp = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (n, V); the softmax over 50k columns wants fp32
+            loss_sum = loss_sum - torch.where(v, logp.gather(1, t), 0.0).sum()
+            if need_hidden or need_weight:
+                # d(sum of row losses)/d(logits) = softmax - one_hot(target), in place over the chunk. Unscaled
+                # (entries in [-1, 1]) so that even fp16 matmuls keep them; 1/count is applied in fp32 below.
+                # Ignored rows are zeroed through the (n, C) operands, not through the (n, V) gradient.
+                grad = logp.exp_().scatter_add_(1, t, torch.full_like(t, -1.0, dtype=logp.dtype))
+                grad = grad.to(compute_dtype)  # (n, V)
+                if need_hidden:
+                    grad_hidden[start:end] = (grad @ w).float() * v  # (n, C)
+                if need_weight:
+                    masked = h * v  # (n, C)
+                    if compute_dtype == torch.float32:
+                        grad_weight.addmm_(grad.t(), masked)  # (V, C), accumulated inside the matmul
+                    else:
+                        grad_weight += grad.t() @ masked
+        count = valid.sum()
+        loss = loss_sum / count  # NaN when every target is ignored, as F.cross_entropy gives
+        scale = 1.0 / count.clamp(min=1).float()  # no targets: zero gradients, as F.cross_entropy gives
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        ctx.save_for_backward(None if grad_hidden is None else grad_hidden * scale,
+                              None if grad_weight is None else grad_weight * scale)
+        return loss
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = (grad_hidden * grad_loss).to(ctx.hidden_dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1,
+                         chunk_rows: int | None = None) -> torch.Tensor:
+    """`F.cross_entropy(hidden @ weight.T, targets, ignore_index=ignore_index)` (mean over the targets kept)
+    without materialising the logits: hidden (N, C), weight (V, C), targets (N,).
+
+    Under autocast the matmuls run in the autocast dtype, like `nn.Linear`'s; the softmax and the gradient
+    sums are fp32. `chunk_rows` defaults to CHUNK_ELEMENTS // V rows.
+    """
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    with torch.autocast(device_type, enabled=False):  # the function picks its dtypes itself
+        return LinearCrossEntropy.apply(hidden, weight, targets, dtype, rows, ignore_index)
