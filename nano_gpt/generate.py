@@ -4,8 +4,13 @@ from collections.abc import Callable
 
 import torch
 
+from nano_gpt.kv_cache import KVCache
 from nano_gpt.model import GPT
 from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE
+
+# Decode steps (batch x new tokens) from which compiling the decode step is the default, per device type:
+# the compile time must be won back (measured, docs/benchmarks.md).
+COMPILE_MIN_TOKENS: dict[str, int] = {"cuda": 512, "cpu": 4096}
 
 
 def sample_next_token(
@@ -36,6 +41,41 @@ def sample_next_token(
     return candidates.gather(-1, choice)
 
 
+def decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+    """Logits (B, V) after one more token (B, 1) at position `input_pos` (a 1-element tensor).
+
+    Attention runs over the whole preallocated caches, with the positions not written yet masked out, so
+    every shape is the same at every position: `torch.compile` builds this once per batch size and
+    cache length, and replays it for each token (gpt-fast's approach).
+    """
+    length = caches[0].k.shape[2]
+    mask = (torch.arange(length, device=token.device) <= input_pos)[None]  # (1, T_max): positions written so far
+    hidden = model.hidden_states(token, caches, input_pos=input_pos, positions=input_pos, mask=mask)  # (B, 1, C)
+    return model.lm_head(hidden[:, -1])  # (B, V)
+
+
+_compiled_steps: dict[str, Callable] = {}
+
+
+def compiled_decode_step(device: torch.device) -> Callable:
+    """`decode_step` compiled for the device: CUDA graphs on CUDA ("reduce-overhead": one launch a token)."""
+    if device.type not in _compiled_steps:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _compiled_steps[device.type] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _compiled_steps[device.type]
+
+
+def compile_pays(device: torch.device, batch_size: int, new_tokens: int) -> bool:
+    """Whether compiling the decode step is the default: see COMPILE_MIN_TOKENS."""
+    return device.type in COMPILE_MIN_TOKENS and batch_size * new_tokens >= COMPILE_MIN_TOKENS[device.type]
+
+
+def _cache_length(total: int, block_size: int) -> int:
+    """A compiled step's cache length: `total` rounded up to a multiple of 64, so that calls of similar
+    lengths reuse one compiled step (attention over a few masked positions costs little)."""
+    return min(-(-total // 64) * 64, block_size)
+
+
 @torch.inference_mode()
 def generate(
     model: GPT,
@@ -50,31 +90,41 @@ def generate(
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
     vocab_size: int = VOCAB_SIZE,
+    compile: bool | None = None,
 ) -> list[list[int]]:
     """Continue each row of `prompt` (B, T) by up to `max_new_tokens` tokens.
 
     Returns each sequence's tokens, prompt included; a sequence stops at `eos_token`, which is not
     returned. `on_token` receives each step's new tokens (B,), for streaming. Only ids below
-    `vocab_size`, the tokenizer's (GPT-2's by default), are sampled.
+    `vocab_size`, the tokenizer's (GPT-2's by default), are sampled. The weights' dtype is the model's:
+    cast it first (bf16 weights halve the bytes each token streams).
+
+    With `use_cache`, the prompt is prefilled once, then each token runs one decode step over the KV
+    cache; `compile` compiles that step (`compiled_decode_step`; default: where it pays, `compile_pays`).
     """
     B, T = prompt.shape
     total = T + max_new_tokens
-    if total > model.config.block_size:
-        raise ValueError(f"prompt plus new tokens ({total}) exceeds the model's context ({model.config.block_size})")
-    caches = model.new_kv_caches(B, total) if use_cache else None
-    tokens = torch.empty(B, total, dtype=torch.long, device=prompt.device)  # (B, T + new)
+    block_size = model.config.block_size
+    if total > block_size:
+        raise ValueError(f"prompt plus new tokens ({total}) exceeds the model's context ({block_size})")
+    device = prompt.device
+    compile = use_cache and (compile_pays(device, B, max_new_tokens) if compile is None else compile)
+    tokens = torch.empty(B, total, dtype=torch.long, device=device)  # (B, T + new)
     tokens[:, :T] = prompt
-    finished = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     pos = T
     if use_cache:  # only the last position's logits are needed: skip the vocabulary projection elsewhere
-        logits = model.lm_head(model.hidden_states(prompt, caches)[:, -1:])  # (B, 1, V)
+        caches = model.new_kv_caches(B, _cache_length(total, block_size) if compile else total)
+        logits = model.lm_head(model.hidden_states(prompt, caches)[:, -1])  # (B, V)
+        if compile:
+            step = compiled_decode_step(device)
+            input_pos = torch.tensor([T], device=device)  # advanced in place: no host-to-device copy per token
     else:
-        logits, _ = model(prompt)
+        logits = model(prompt)[0][:, -1]  # (B, V)
     while True:
         # Columns past the tokenizer's 50257 are padding (GPTConfig.vocab_size 50304): no text decodes
         # from them, so they are never sampled, and a padded model samples exactly as its export does.
-        last = logits[:, -1, :vocab_size]  # (B, min(V, vocab_size))
-        next_token = sample_next_token(last, temperature, top_k, top_p, greedy, generator)[:, 0]  # (B,)
+        next_token = sample_next_token(logits[:, :vocab_size], temperature, top_k, top_p, greedy, generator)[:, 0]  # (B,)
         if eos_token is not None:
             next_token = next_token.masked_fill(finished, eos_token)
             finished |= next_token == eos_token
@@ -84,10 +134,13 @@ def generate(
             on_token(next_token)
         if pos == total or (eos_token is not None and bool(finished.all())):
             break
-        if use_cache:
-            logits, _ = model(next_token[:, None], caches=caches, input_pos=pos - 1)
+        if compile:
+            logits = step(model, next_token[:, None], input_pos, caches)
+            input_pos += 1
+        elif use_cache:  # eager: attention over the positions written so far only
+            logits = model(next_token[:, None], caches=caches, input_pos=pos - 1)[0][:, -1]
         else:
-            logits, _ = model(tokens[:, :pos])
+            logits = model(tokens[:, :pos])[0][:, -1]
     out = []
     for row in tokens[:, :pos].tolist():
         if eos_token is not None and eos_token in row[T:]:

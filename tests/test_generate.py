@@ -1,7 +1,7 @@
 import torch
 
 from nano_gpt import GPT, GPTConfig, generate
-from nano_gpt.generate import sample_next_token
+from nano_gpt.generate import compile_pays, decode_step, sample_next_token
 
 
 def _model() -> GPT:
@@ -41,3 +41,29 @@ def test_top_k_and_top_p_restrict_the_candidates() -> None:
     # Probabilities ~0.64, 0.24, 0.09, ...: top_p=0.7 keeps the first two.
     assert set(sample_next_token(logits, top_k=None, top_p=0.7, generator=g).flatten().tolist()) == {0, 1}
     assert set(sample_next_token(logits, greedy=True).flatten().tolist()) == {0}
+
+
+def test_the_static_decode_step_gives_the_logits_of_the_growing_cache_path() -> None:
+    model, prompt = _model(), torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        static, growing = model.new_kv_caches(2, 64), model.new_kv_caches(2, 20)
+        model.hidden_states(prompt, static), model.hidden_states(prompt, growing)
+        for pos in range(6, 20):
+            token = torch.full((2, 1), pos % 100)
+            expected = model(token, caches=growing, input_pos=pos)[0][:, -1]
+            torch.testing.assert_close(decode_step(model, token, torch.tensor([pos]), static), expected)
+
+
+def test_compiled_decoding_gives_the_eager_greedy_tokens_in_fp32() -> None:
+    model, prompt = _model(), torch.randint(0, 100, (3, 5), generator=torch.Generator().manual_seed(0))
+    compiled = generate(model, prompt, 30, greedy=True, eos_token=None, compile=True)
+    eager = generate(model, prompt, 30, greedy=True, eos_token=None, compile=False)
+    assert compiled == eager and all(len(t) == 35 for t in compiled)
+    assert generate(model, prompt[:, :4], 20, greedy=True, eos_token=None, compile=True) == [
+        t[:24] for t in generate(model, prompt[:, :4], 20, greedy=True, eos_token=None, compile=False)]
+
+
+def test_compiling_is_the_default_only_for_long_enough_generations() -> None:
+    cpu = torch.device("cpu")
+    assert not compile_pays(cpu, 1, 30) and compile_pays(cpu, 8, 1000)
+    assert not compile_pays(torch.device("mps"), 8, 1000)
