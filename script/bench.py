@@ -20,8 +20,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* scripts
 
 from nano_gpt import GPT, GPTConfig, generate  # noqa: E402
-from nano_gpt.devices import autocast, default_compile, default_dtype, resolve_device  # noqa: E402
+from nano_gpt.runtime import Runtime, resolve_device  # noqa: E402
 from nano_gpt.train.optim import make_optimizer  # noqa: E402
+from nano_gpt.train.step import train_step  # noqa: E402
 
 TRAIN_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=50304)
 MICRO_BATCH, SEQUENCE = 8, 256
@@ -88,30 +89,39 @@ def _time_steps(step: callable, steps: int, warmup: int, device: torch.device) -
     return first, sorted(times)[len(times) // 2]
 
 
+def _train_runtime(device: torch.device, dtype: str = "auto") -> Runtime:
+    return Runtime.build(str(device), dtype, "train", GPTConfig(**TRAIN_SHAPE))
+
+
+def _our_trainer(runtime: Runtime, lr: float, use_compile: bool) -> callable:
+    """One call = one real training step (`train_step`: autocast, scaler, clipping) of a fresh model."""
+    torch.manual_seed(0)
+    raw = GPT(GPTConfig(**TRAIN_SHAPE)).to(runtime.device)
+    opt = make_optimizer(raw, lr, 0.1, fused=runtime.has_fused_adamw)
+    model = torch.compile(raw) if use_compile else raw
+    scaler = runtime.grad_scaler()
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        return train_step(model, opt, scaler, lambda: batch, runtime, grad_accum=1, grad_clip=1.0).loss
+
+    return step
+
+
 def bench_train(device: torch.device, steps: int = 5) -> dict:
-    """Training step tokens/s: ours (the device's default precision and compile) vs transformers fp32 eager."""
+    """Training step tokens/s: ours (`train_step` in the device's default precision, compiled where that is the
+    default) vs transformers fp32 eager."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 50257, (MICRO_BATCH, SEQUENCE), generator=g).to(device)
-    y = torch.randint(0, 50257, (MICRO_BATCH, SEQUENCE), generator=g).to(device)
+    x = torch.randint(0, 50257, (MICRO_BATCH, SEQUENCE), generator=g)
+    y = torch.randint(0, 50257, (MICRO_BATCH, SEQUENCE), generator=g)
     tokens = MICRO_BATCH * SEQUENCE
-    dtype, use_compile = default_dtype(device), default_compile(device)
-
-    torch.manual_seed(0)
-    ours = GPT(GPTConfig(**TRAIN_SHAPE)).to(device)
-    opt = make_optimizer(ours, 1e-4, 0.1, device)
-    model = torch.compile(ours) if use_compile else ours
-
-    def our_step() -> None:
-        with autocast(device, dtype):
-            _, loss = model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    runtime = _train_runtime(device)
+    use_compile = runtime.compiles_by_default
+    our_step = _our_trainer(runtime, 1e-4, use_compile)
     with PeakMemory(device) as ours_mem:
-        ours_first, ours_dt = _time_steps(our_step, steps, 2, device)
+        ours_first, ours_dt = _time_steps(lambda: our_step((x, y)), steps, 2, device)
+    x, y = x.to(device), y.to(device)
 
     c = TRAIN_SHAPE
     hf = GPT2LMHeadModel(GPT2Config(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
@@ -127,7 +137,7 @@ def bench_train(device: torch.device, steps: int = 5) -> dict:
     with PeakMemory(device) as hf_mem:
         _, hf_dt = _time_steps(hf_step, steps, 2, device)
     return {"ours_tok_s": tokens / ours_dt, "hf_tok_s": tokens / hf_dt, "ratio": hf_dt / ours_dt,
-            "ours_first_step_s": ours_first, "dtype": str(dtype).removeprefix("torch."), "compile": use_compile,
+            "ours_first_step_s": ours_first, "dtype": runtime.dtype_name, "compile": use_compile,
             "ours_peak_bytes": ours_mem.bytes, "hf_peak_bytes": hf_mem.bytes}
 
 
@@ -170,23 +180,16 @@ def bench_loss_parity(device: torch.device, steps: int = 50) -> dict:
     tokens = torch.tensor(get_tokenizer().encode_ordinary(text))
     per_step = MICRO_BATCH * SEQUENCE
 
-    def run(dtype: torch.dtype, use_compile: bool) -> float:
-        torch.manual_seed(0)
-        raw = GPT(GPTConfig(**TRAIN_SHAPE)).to(device)
-        opt = make_optimizer(raw, 1e-3, 0.1, device)
-        model = torch.compile(raw) if use_compile else raw
-        for step in range(steps):
-            chunk = tokens[step * per_step: (step + 1) * per_step + 1].to(device)
-            x, y = chunk[:-1].view(MICRO_BATCH, SEQUENCE), chunk[1:].view(MICRO_BATCH, SEQUENCE)  # (B, T)
-            with autocast(device, dtype):
-                _, loss = model(x, y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return loss.item()
+    def run(runtime: Runtime, use_compile: bool) -> float:
+        step = _our_trainer(runtime, 1e-3, use_compile)
+        for i in range(steps):
+            chunk = tokens[i * per_step: (i + 1) * per_step + 1]
+            loss = step((chunk[:-1].view(MICRO_BATCH, SEQUENCE), chunk[1:].view(MICRO_BATCH, SEQUENCE)))  # (B, T)
+        return loss
 
-    default = run(default_dtype(device), default_compile(device))
-    fp32 = run(torch.float32, False)
+    default_runtime = _train_runtime(device)
+    default = run(default_runtime, default_runtime.compiles_by_default)
+    fp32 = run(_train_runtime(device, "fp32"), False)
     return {"default_loss": default, "fp32_loss": fp32, "relative_difference": abs(default - fp32) / fp32}
 
 
