@@ -280,6 +280,23 @@ def test_eval_of_a_build_nanogpt_checkpoint_scores_the_model_it_holds(tmp_path: 
                                                                                   expected.correct_norm)
 
 
+def test_train_fine_tunes_from_a_nanogpt_ckpt(tmp_path: Path) -> None:
+    from nano_gpt.data import prepare_dataset
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The king shall ride at dawn. A horse, my lord! " * 300)
+    prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", validation_tokens=1000, num_workers=1)
+    ckpt = save_nanogpt_ckpt(tmp_path / "ckpt.pt", tiny_model(), bias=False)
+    result = run_cli("train", f"--pretrained={ckpt}", f"--dataset={corpus}", f"--dataset-dir={tmp_path / 'ds'}",
+                     "--device=cpu", "--dtype=fp32", "--no-compile", "--sequence-length=32", "--micro-batch-size=2",
+                     "--total-batch-size=64", "--max-steps=1", "--warmup-steps=0", "--validation-steps=0",
+                     "--hellaswag-samples=0", f"--checkpoint-dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    [checkpoint] = (tmp_path / "run").glob("checkpoint_*.bin")
+    saved = load_checkpoint(checkpoint)["model_config"]
+    assert {k: saved[k] for k in SIZES} == SIZES  # the file's shape, which no preset has
+
+
 # The seed's habits: its flag spellings (hidden) and an unquoted several-word prompt.
 
 def test_several_unquoted_words_are_one_prompt(tiny_hf_gpt2_vocab_dir: Path) -> None:
