@@ -15,6 +15,7 @@ rounding), with less than half the work of the reproduction's one example per (4
   predicted.
 """
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_CACHE_PATH = "hellaswag/hellaswag_val.jsonl"  # under nano_gpt.cache.cache_dir()
 NUM_ENDINGS = 4
+PACKED_CACHE_SIZE = 16_384  # packed examples remembered across evaluations: the whole validation set
 MAX_PADDING = 0.1  # the share of a batch's longest row that a shorter row may leave as padding
 _FORMAT = 'expected one JSON object per line: {"ctx": "...", "endings": [4 strings], "label": 0-3}'
 
@@ -167,6 +169,13 @@ class _PackedRow:
         return row
 
 
+@functools.lru_cache(maxsize=PACKED_CACHE_SIZE)
+def _packed(example: HellaSwagExample, block_size: int, enc: Tokenizer) -> _PackedRow:
+    """An example tokenized and packed, remembered: training evaluates the same examples at every eval
+    (tokenizing all 10,042 again took about a second each time)."""
+    return _PackedRow.pack(*_tokenize(example, block_size, enc))
+
+
 def _score_batch(model: GPT, rows: list[_PackedRow], device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
     """Total loss of each ending, (B, NUM_ENDINGS), for B packed examples in one forward pass."""
     B, T = len(rows), max(len(r.tokens) for r in rows)
@@ -231,7 +240,7 @@ def evaluate_hellaswag(
     model.eval()
     block_size = model.config.block_size
     enc = tokenizer or get_tokenizer()
-    rows = [(i, _PackedRow.pack(*_tokenize(examples[i], block_size, enc))) for i in range(rank, len(examples), world_size)]
+    rows = [(i, _packed(examples[i], block_size, enc)) for i in range(rank, len(examples), world_size)]
     for i, row in rows:
         check_ids_fit(row.tokens, model.config.vocab_size, enc, f"HellaSwag example {i + 1}")
     rows.sort(key=lambda item: -len(item[1].tokens))  # the longest first, so running out of memory shows at once
