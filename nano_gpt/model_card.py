@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -44,7 +45,7 @@ DATASET_NAMES = {
 }
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Settings that say where files were on the training machine, not how the model was trained.
-_LOCAL_SETTINGS = {"dataset_dir", "checkpoint_dir", "log_file", "resume", "hellaswag_file", "device"}
+_LOCAL_SETTINGS = {"dataset_dir", "checkpoint_dir", "log_file", "resume", "hellaswag_file", "device", "overwrite"}
 # Settings that make two runs different runs: a log whose config differs in one is another run's log.
 _RUN_IDENTITY = ("model", "pretrained", "dataset", "sequence_length", "total_batch_size", "max_steps", "seed")
 
@@ -156,14 +157,19 @@ def _fill_from_log(facts: CardFacts, log: TrainingLog) -> None:
     if last_train is not None:
         facts.tokens = facts.tokens if facts.tokens is not None else _int(last_train.get("tokens"))
         facts.train_loss = facts.train_loss if facts.train_loss is not None else _float(last_train.get("loss"))
+    # The log also says when an evaluation ran and on how many examples: taken where its value is the one reported.
     vals = [r for r in log.records.get("val", []) if is_finite(r.get("val_loss"))]
-    if vals and facts.val_loss is None:
-        facts.val_loss, facts.val_step = float(vals[-1]["val_loss"]), vals[-1]["step"]
+    if vals:
+        facts.val_loss = float(vals[-1]["val_loss"]) if facts.val_loss is None else facts.val_loss
+        if math.isclose(facts.val_loss, vals[-1]["val_loss"], rel_tol=1e-6):
+            facts.val_step = vals[-1]["step"]
     hellaswag = [r for r in log.records.get("hellaswag", []) if is_finite(r.get("acc_norm"))]
-    if hellaswag and facts.hellaswag_acc_norm is None:
+    if hellaswag:
         last = hellaswag[-1]
-        facts.hellaswag_acc, facts.hellaswag_acc_norm = _float(last.get("acc")), float(last["acc_norm"])
-        facts.hellaswag_total, facts.hellaswag_step = _int(last.get("total")), last["step"]
+        if facts.hellaswag_acc_norm is None:
+            facts.hellaswag_acc, facts.hellaswag_acc_norm = _float(last.get("acc")), float(last["acc_norm"])
+        if math.isclose(facts.hellaswag_acc_norm, last["acc_norm"], rel_tol=1e-6):
+            facts.hellaswag_total, facts.hellaswag_step = _int(last.get("total")), last["step"]
     if not facts.run:
         config = log.config
         facts.run = {k: config[k] for k in ("device", "dtype", "world_size") if config.get(k) is not None}

@@ -101,8 +101,8 @@ def test_an_earlier_checkpoint_is_described_at_its_own_step(run_dir: Path) -> No
     rows = _rows(_split(_card(run_dir / "checkpoint_000002.bin"))[1])
     assert rows["Optimizer steps"] == "3 of 4 scheduled" and rows["Tokens seen"] == f"{3 * 128:,}"
     assert rows["Train loss (last step)"] == f"{_logged(run_dir, 'train', 2)['loss']:.4f}"
-    if "metrics" not in load_checkpoint(run_dir / "checkpoint_000002.bin"):
-        assert rows["Validation loss"] == f"{_logged(run_dir, 'val', 2)['val_loss']:.4f} (step 2)"
+    assert rows["Validation loss"] == f"{_logged(run_dir, 'val', 2)['val_loss']:.4f} (step 2)"
+    assert rows["HellaSwag acc_norm"] == f"{_logged(run_dir, 'hellaswag', 2)['acc_norm']:.4f} (4 examples, step 2)"
 
 
 def test_numbers_the_checkpoint_records_are_used_over_the_log(run_dir: Path, tmp_path: Path) -> None:
