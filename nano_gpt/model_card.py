@@ -89,10 +89,12 @@ def facts_from_checkpoint(path: str | Path, model: GPT) -> CardFacts:
     try:
         # Memory-mapped: only the small dicts are read, not the weights and optimizer state again.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - the model loaded, so this is a format the card cannot read
-        logger.warning("model card: cannot read training facts from %s (%s)", path, e.__class__.__name__)
+    except Exception as e:  # noqa: BLE001 - the model loaded, so this is another project's format
+        logger.debug("model card: no training facts in %s (%s)", path, e.__class__.__name__)
         return facts
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not isinstance(state.get("train_config"), dict) or "model_config" not in state:
+        # Another project's checkpoint (see nano_gpt.peer_checkpoints): its fields mean other things.
+        logger.info("model card: %s is not a nano-gpt checkpoint; the card describes the model only", path)
         return facts
     step = state.get("step")
     facts.step = step if isinstance(step, int) and not isinstance(step, bool) else None

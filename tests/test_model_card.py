@@ -1,5 +1,6 @@
 """The model card in every export: Hub metadata, and only numbers the checkpoint or its run's log hold."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -138,6 +139,17 @@ def test_another_runs_log_beside_the_checkpoint_is_not_used(run_dir: Path, tmp_p
     shutil.copy(run_dir / "train_log.jsonl", tmp_path / "train_log.jsonl")
     body = _split(_card(tmp_path / "checkpoint_000003.bin"))[1]
     assert "## Results" not in body and "Validation loss" not in body
+
+
+def test_another_projects_checkpoint_gets_a_card_of_the_model_only(tmp_path: Path) -> None:
+    """The seed's checkpoints have a `step` and a `train_config` of their own meaning; none of it is reported."""
+    from test_peer_checkpoints import save_seed_checkpoint, tiny_model
+
+    checkpoint = save_seed_checkpoint(tmp_path / "checkpoint_019072.bin", tiny_model())
+    (tmp_path / "train_log.jsonl").write_text(json.dumps({"kind": "train", "step": 19072, "loss": 9.99}) + "\n")
+    body = _split(_card(checkpoint))[1]
+    assert "## Training" not in body and "## Results" not in body and "9.99" not in body
+    assert _rows(body)["Layers"] == "2"
 
 
 def test_a_fine_tuned_run_names_its_base_model_and_hub_dataset() -> None:
