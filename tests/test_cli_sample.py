@@ -30,7 +30,7 @@ def test_sample_prints_one_line_per_sequence_and_is_reproducible(tiny_hf_gpt2_vo
 
 def test_single_sequence_streams_the_same_text_as_the_library(tiny_hf_gpt2_vocab_dir: Path) -> None:
     result = run_cli("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--seed=1", "--max-length=16",
-                     "--num-sequences=1", "--device=cpu", PROMPT)
+                     "--num-sequences=1", "--device=cpu", "--dtype=fp32", PROMPT)
     assert result.returncode == 0, result.stderr
     enc = get_tokenizer()
     model = load_pretrained(str(tiny_hf_gpt2_vocab_dir))

@@ -40,7 +40,7 @@ def test_help_lists_the_options() -> None:
 def test_debug_logs_the_running_accuracy_per_example_then_a_summary(tiny_hf_gpt2_vocab_dir: Path,
                                                                     hellaswag_file: Path) -> None:
     result = run_cli("--debug", "eval", f"--pretrained={tiny_hf_gpt2_vocab_dir}", f"--hellaswag-file={hellaswag_file}",
-                     "--validation-steps=0", "--device=cpu")
+                     "--validation-steps=0", "--device=cpu", "--dtype=fp32")
     assert result.returncode == 0, result.stderr
     running = re.findall(r"hellaswag: accuracy: (\d\.\d{4}) \| total: (\d+) \| correct: (\d+)", result.stderr)
     assert [int(total) for _, total, _ in running] == [1, 2, 3]
@@ -54,7 +54,7 @@ def test_debug_logs_the_running_accuracy_per_example_then_a_summary(tiny_hf_gpt2
 
 def test_json_summary_for_the_first_n_examples(tiny_hf_gpt2_vocab_dir: Path, hellaswag_file: Path) -> None:
     result = run_cli("eval", f"--pretrained={tiny_hf_gpt2_vocab_dir}", f"--hellaswag-file={hellaswag_file}",
-                     "--hellaswag_samples=2", "--validation-steps=0", "--batch-size=1", "--json")
+                     "--hellaswag_samples=2", "--validation-steps=0", "--batch-size=1", "--json", "--dtype=fp32")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     expected = evaluate_hellaswag(load_pretrained(str(tiny_hf_gpt2_vocab_dir)), load_hellaswag(hellaswag_file, 2),
@@ -71,7 +71,8 @@ def test_validation_loss_of_a_checkpoint_on_a_prepared_dataset(tmp_path: Path, t
     checkpoint = tmp_path / "checkpoint_000010.bin"
     save_checkpoint(checkpoint, {"model": model.state_dict(), "model_config": model.config.to_dict(), "step": 10})
     result = run_cli("eval", f"--checkpoint={checkpoint}", f"--dataset={corpus}", f"--dataset-dir={tmp_path / 'ds'}",
-                     "--validation-steps=3", "--batch-size=2", "--sequence-length=16", "--hellaswag-samples=0", "--json")
+                     "--validation-steps=3", "--batch-size=2", "--sequence-length=16", "--hellaswag-samples=0", "--json",
+                     "--dtype=fp32")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     expected = validation_loss(model, ShardLoader(tmp_path / "ds", str(corpus), "validation", 2, 16), 3, "cpu")

@@ -15,8 +15,7 @@ from nano_gpt.checkpoint import load_checkpoint, save_checkpoint
 from nano_gpt.cli import app
 from nano_gpt.cli.train import option_name
 from nano_gpt.config import PRESETS, GPTConfig
-from nano_gpt.errors import NanoGPTError
-from nano_gpt.runtime import Runtime, resolve_dtype
+from nano_gpt.runtime import Runtime
 from nano_gpt.train import TrainConfig, train
 from nano_gpt.train.config import recipe_for
 from nano_gpt.train.step import NonFiniteError, train_step
@@ -258,30 +257,3 @@ def test_fine_tuning_logs_and_uses_the_pretrained_models_recipe(tinyshakespeare_
     assert record["recipe"] == "gpt2-xxs"
     assert (record["config"]["max_lr"], record["config"]["total_batch_size"]) == (3e-3, 8192)
     assert "recipe gpt2-xxs" in caplog.text
-
-
-# --- one precision decision --------------------------------------------------------------------------
-
-def test_explicit_precisions_need_no_measurement() -> None:
-    cpu = torch.device("cpu")
-    assert resolve_dtype("bf16", cpu, "train")[0] == torch.bfloat16
-    assert resolve_dtype("float32", cpu, "eval")[0] == torch.float32  # earlier releases' spelling
-    with pytest.raises(NanoGPTError, match="unknown --dtype=half"):
-        resolve_dtype("half", cpu, "train")
-
-
-def test_auto_on_a_cpu_asks_the_measurement_for_the_purpose(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nano_gpt.precision
-
-    asked = []
-
-    def fake(n_embd: int, vocab_size: int, purpose: str) -> tuple[torch.dtype, str]:
-        asked.append((n_embd, vocab_size, purpose))
-        return torch.bfloat16, "bf16 measured faster"
-
-    monkeypatch.setattr(nano_gpt.precision, "cpu_precision", fake)
-    config = PRESETS["gpt2-xxs"]
-    runtime = Runtime.build("cpu", "auto", "decode", config)
-    assert runtime.dtype == torch.bfloat16 and "bf16 measured faster" in runtime.describe()
-    Runtime.build("cpu", "auto", "eval", config)
-    assert asked == [(64, 50304, "decode"), (64, 50304, "train")]

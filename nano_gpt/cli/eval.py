@@ -39,11 +39,11 @@ def eval_model(
     HellaSwag accuracy (acc: the ending with the lowest total loss, acc_norm: the lowest loss per token) and, with --dataset, the mean validation loss. --debug logs the running accuracy after every example.
     """
     batch_size = batch_size if micro_batch_size is None else micro_batch_size
-    examples = None if hellaswag_samples == 0 else load_hellaswag(hellaswag_file, hellaswag_samples)
     model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
     # The same precision decision as validation inside training, so the two val_loss figures agree.
     runtime = Runtime.build(device, dtype, "eval", model.config)
     logger.info("evaluating on %s", runtime.describe())
+    examples = None if hellaswag_samples == 0 else load_hellaswag(hellaswag_file, hellaswag_samples)
     model.to(runtime.device)
     loader = None
     if validation_steps > 0 and dataset is None:
