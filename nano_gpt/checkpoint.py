@@ -4,6 +4,9 @@ A checkpoint is a plain dict of tensors and Python primitives (model and optimiz
 configs as dicts, data-loader position, RNG states) saved with `torch.save` and loaded with
 `weights_only=True`, so loading a checkpoint cannot execute code. `model_from_checkpoint` also reads
 the checkpoints of the projects nano-gpt grew from (see `nano_gpt.peer_checkpoints`).
+
+FSDP runs write the same dict as a sharded folder, `checkpoint_NNNNNN/` (see `nano_gpt.sharded_checkpoint`);
+every function here takes either kind, a folder being put together on the fly.
 """
 
 import os
@@ -16,15 +19,22 @@ import torch
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT, GPTConfig
 from nano_gpt.peer_checkpoints import UNDERSTOOD, peer_format, peer_model, read_checkpoint_file
+from nano_gpt.sharded_checkpoint import is_sharded, read_sharded
 from nano_gpt.weights import config_from_fields, model_from_weights
 
-_NAME = re.compile(r"checkpoint_(\d+)\.bin")
-CHECKPOINT_GLOB = "checkpoint_*.bin"
+_NAME = re.compile(r"checkpoint_(\d+)(\.bin)?")
 
 
-def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
-    """Where the checkpoint after `step` goes: checkpoint_{step:06d}.bin."""
-    return Path(checkpoint_dir) / f"checkpoint_{step:06d}.bin"
+def checkpoint_path(checkpoint_dir: Path, step: int, sharded: bool = False) -> Path:
+    """Where the checkpoint after `step` goes: checkpoint_{step:06d}.bin, or the folder checkpoint_{step:06d}."""
+    return Path(checkpoint_dir) / f"checkpoint_{step:06d}{'' if sharded else '.bin'}"
+
+
+def checkpoints_in(checkpoint_dir: Path) -> list[Path]:
+    """The checkpoints in `checkpoint_dir`, files and complete sharded folders, oldest step first."""
+    found = [(int(m.group(1)), p.stat().st_mtime, p) for p in Path(checkpoint_dir).glob("checkpoint_*")
+             if (m := _NAME.fullmatch(p.name)) and (p.is_file() if m.group(2) else is_sharded(p))]
+    return [p for _, _, p in sorted(found)]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -53,7 +63,7 @@ def _is_nano_gpt_checkpoint(state: Any) -> bool:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A nano-gpt checkpoint dict; a missing, corrupt or foreign file is a one-line NanoGPTError."""
-    state = read_checkpoint_file(path, map_location)
+    state = read_sharded(path) if is_sharded(path) else read_checkpoint_file(path, map_location)
     if not _is_nano_gpt_checkpoint(state):
         if (fmt := peer_format(state)) is not None:
             raise NanoGPTError(f"{path} is a {fmt} checkpoint: it holds a model but not nano-gpt's training state, "
@@ -63,9 +73,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The checkpoint with the highest step in `checkpoint_dir`, if any."""
-    found = [(int(m.group(1)), p) for p in Path(checkpoint_dir).glob(CHECKPOINT_GLOB) if (m := _NAME.fullmatch(p.name))]
-    return max(found)[1] if found else None
+    """The checkpoint with the highest step in `checkpoint_dir`, if any (of a file and a folder for one step, the
+    newer)."""
+    found = checkpoints_in(checkpoint_dir)
+    return found[-1] if found else None
 
 
 def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> GPT:
@@ -83,6 +94,11 @@ def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> GPT:
 
 def model_from_checkpoint(path: Path) -> GPT:
     """The model in a checkpoint of nano-gpt or of a peer project (see `UNDERSTOOD`), on the CPU in fp32."""
+    if is_sharded(path):  # only the weights, put together from the shards; the optimizer state stays on disk
+        state = read_sharded(path, ("model", "model_config"))
+        if not _is_nano_gpt_checkpoint(state):
+            raise NanoGPTError(f"{path} is a sharded checkpoint without nano-gpt's model and model_config")
+        return model_from_state(state, str(path)).float().eval()
     state = read_checkpoint_file(path)
     model = model_from_state(state, str(path)) if _is_nano_gpt_checkpoint(state) else peer_model(state, Path(path))
     return model.float().eval()

@@ -10,16 +10,18 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
-from nano_gpt.checkpoint import CHECKPOINT_GLOB, latest_checkpoint
+from nano_gpt.checkpoint import checkpoints_in, latest_checkpoint
 from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.sharded_checkpoint import is_sharded
 from nano_gpt.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-_TEMP = re.compile(r"\..+\.tmp(\d+)")  # what save_checkpoint and RunLog write before renaming
+_TEMP = re.compile(r"\..+\.tmp(\d+)")  # what save_checkpoint, save_sharded (a folder) and RunLog write before renaming
 
 
 def _pid_alive(pid: int) -> bool:
@@ -33,12 +35,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(folder: Path) -> None:
-    """Delete the half-written temp files of processes that no longer run."""
+    """Delete the half-written temp files and folders of processes that no longer run."""
     for path in folder.glob(".*.tmp*"):
         match = _TEMP.fullmatch(path.name)
-        if match and path.is_file() and not _pid_alive(int(match.group(1))):
+        if match and not _pid_alive(int(match.group(1))):
             logger.info("removing %s, left by a killed run", path)
-            path.unlink(missing_ok=True)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)  # under torchrun every rank may be removing it at once
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _os_reason(e: OSError) -> str:
@@ -80,7 +89,7 @@ def probe_writable_file(path: Path, flag: str) -> None:
 
 
 def _existing_run(checkpoint_dir: Path, log_file: Path) -> list[Path]:
-    found = sorted(checkpoint_dir.glob(CHECKPOINT_GLOB))
+    found = checkpoints_in(checkpoint_dir)
     if log_file.is_file() and log_file.stat().st_size > 0:
         found.append(log_file)
     return found
@@ -104,7 +113,7 @@ def prepare(config: TrainConfig) -> Path | None:
         if existing and (ranks is None or ranks.rank == 0):
             logger.warning("--overwrite: deleting %d files of the previous run in %s", len(existing), checkpoint_dir)
             for path in existing:
-                path.unlink(missing_ok=True)
+                _remove(path)
         return None
     if config.resume == "auto":
         path = latest_checkpoint(checkpoint_dir)
@@ -112,6 +121,7 @@ def prepare(config: TrainConfig) -> Path | None:
             logger.info("--resume=auto: no checkpoint in %s, starting from scratch", checkpoint_dir)
         return path
     path = Path(config.resume)
-    if not path.is_file():
-        raise NanoGPTError(f"--resume={path}: checkpoint not found; pass a checkpoint_NNNNNN.bin or --resume=auto")
+    if not (path.is_file() or is_sharded(path)):
+        raise NanoGPTError(f"--resume={path}: checkpoint not found; pass a checkpoint_NNNNNN.bin, a sharded "
+                           "checkpoint_NNNNNN folder, or --resume=auto")
     return path

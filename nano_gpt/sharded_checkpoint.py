@@ -1,0 +1,190 @@
+"""Sharded checkpoints: a folder written by every rank at once with `torch.distributed.checkpoint` (DCP).
+
+FSDP keeps each parameter, its gradient and its AdamW state split over the ranks, so no rank holds a whole
+model to save. Each rank writes its own shards into `checkpoint_NNNNNN/` (`__0_0.distcp`, `__1_0.distcp`,
+... and the `.metadata` index that says which slice of which tensor lies where). The folder is first
+written under a hidden temp name and renamed when every rank has finished, so a checkpoint is complete or
+absent: a kill mid-save leaves the previous one as the newest.
+
+Because the index records global shapes and offsets, a folder written by N ranks is read by any number:
+M ranks each read their own slices (resharding), and one process reads whole tensors (`read_sharded`),
+which is how `sample`, `eval` and `export` consolidate a sharded checkpoint on the fly.
+
+Nothing in a folder can run code when read: the index is unpickled with only DCP's own metadata classes
+allowed, and every other entry is checked with `torch.load(weights_only=True)` before DCP reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import StorageMeta
+
+from nano_gpt.errors import NanoGPTError
+
+METADATA = ".metadata"  # DCP's index, written last by the coordinating rank
+
+# What DCP's index pickles: its metadata dataclasses, torch sizes, dtypes and layouts, and a path.
+_INDEX_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "StorageMeta", "MetadataIndex", "TensorProperties",
+                                              "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata",
+                                              "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+    "torch": {"Size"},
+}
+
+
+def is_sharded(path: Path | str) -> bool:
+    """Whether `path` is a complete sharded checkpoint folder."""
+    return (Path(path) / METADATA).is_file()
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = name in _INDEX_CLASSES.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                               torch.dtype))
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+        return super().find_class(module, name)
+
+
+class _SafeReader(FileSystemReader):
+    """DCP's file reader, with its index unpickled through an allow-list instead of plain `pickle.load`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        with open(Path(self.path) / METADATA, "rb") as f:
+            metadata = _IndexUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise pickle.UnpicklingError(f"{METADATA} holds a {type(metadata).__name__}, not a checkpoint index")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _SafePlanner(DefaultLoadPlanner):
+    """DCP's load planner, refusing entries that pickle anything but tensors and plain data: DCP itself
+    unpickles them with `weights_only=False`, so each is first read with `weights_only=True`, which fails on
+    anything else (the same bytes then reference only the classes that check allowed)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        torch.load(value, weights_only=True)
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """One-line errors for a damaged or foreign folder; quiet about loading without a process group, which
+    is what one process reading a checkpoint means."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            yield
+    except NanoGPTError:
+        raise
+    except Exception as e:  # DCP wraps reader errors in its own CheckpointException, among others
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise NanoGPTError(f"cannot read the sharded checkpoint {path}: it is damaged, incomplete or does not fit "
+                           f"({e.__class__.__name__}: {first_line[:300]})") from e
+
+
+def _index(path: Path) -> Metadata:
+    if not is_sharded(path):
+        raise NanoGPTError(f"{path} is not a sharded checkpoint (no {METADATA} in it)")
+    with _reading(path):
+        return _SafeReader(path).read_metadata()
+
+
+def _put(tree: dict | list, keys: tuple, value: Any) -> None:
+    """Set tree[k0][k1]... = value, creating dicts for string keys and lists for integer ones."""
+    *parents, last = keys
+    node: Any = tree
+    for key, child_key in zip(parents, [*parents[1:], last]):
+        child = [] if isinstance(child_key, int) else {}
+        if isinstance(node, list):
+            node.extend([None] * (key + 1 - len(node)))
+            node[key] = child if node[key] is None else node[key]
+        else:
+            node.setdefault(key, child)
+        node = node[key]
+    if isinstance(node, list):
+        node.extend([None] * (last + 1 - len(node)))
+    node[last] = value
+
+
+def top_level_keys(path: Path | str) -> set[str]:
+    """The entries a sharded checkpoint holds (empty dicts are not stored, so they are not among them)."""
+    metadata = _index(Path(path))
+    return {metadata.planner_data.get(fqn, (fqn,))[0] for fqn in metadata.state_dict_metadata}
+
+
+def read_sharded(path: Path | str, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """The entries `keys` (default all) of a sharded checkpoint as whole tensors and plain data on the CPU, in
+    this process alone: however many ranks wrote it, their shards are put together here."""
+    path = Path(path)
+    metadata = _index(path)
+    wanted = None if keys is None else set(keys)
+    state: dict[str, Any] = {}
+    for fqn, item in metadata.state_dict_metadata.items():
+        where = metadata.planner_data.get(fqn, (fqn,))
+        if wanted is None or where[0] in wanted:
+            empty = torch.empty(item.size, dtype=item.properties.dtype) if isinstance(item, TensorStorageMetadata) else None
+            _put(state, where, empty)  # None: plain data, which DCP replaces with what was saved
+    with _reading(path):
+        dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner(), no_dist=True)
+    return state
+
+
+def load_sharded(path: Path | str, state: dict[str, Any]) -> None:
+    """Fill `state` in place from a sharded checkpoint: DTensors with this rank's slices, plain tensors whole.
+    Every rank of the process group calls this."""
+    path = Path(path)
+    _index(path)
+    with _reading(path):
+        dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
+    """Write `state` (DTensors are written by the rank that holds each slice, anything else once) to the folder
+    `path`, atomically as a whole. Every rank of the process group calls this."""
+    path = Path(path)
+    distributed = dist.is_initialized()
+    owner = [os.getpid()]  # rank 0's process id names the temp folder, so a later run can tell it is stale
+    if distributed:
+        dist.broadcast_object_list(owner, src=0)
+    tmp = path.with_name(f".{path.name}.tmp{owner[0]}")
+    # Returns once every rank's files are written and synced and the coordinator has written the index.
+    dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    if not distributed or dist.get_rank() == 0:
+        if path.exists():  # the same step written again (a resumed run overtaking a later checkpoint)
+            old = path.with_name(f".{path.name}.replaced.tmp{owner[0]}")
+            os.replace(path, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    if distributed:
+        dist.barrier()  # no rank reports the checkpoint before it is in place
