@@ -11,7 +11,9 @@ Plain torch: it runs on CPU, CUDA and MPS, under autocast, and inside `torch.com
 
 import torch
 
-CHUNK_ELEMENTS = 2**22  # logits per chunk (16 MiB in fp32): rows = CHUNK_ELEMENTS // V, 83 at GPT-2's vocabulary
+CHUNK_ELEMENTS = 2**22  # logits per chunk (16 MiB in fp32) where MAX_CHUNKS allows: 83 rows at GPT-2's vocabulary
+# torch.compile unrolls the chunk loop, and its compile time grows with the number of chunks: at most this many.
+MAX_CHUNKS = 8
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -53,8 +55,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss = loss_sum / count  # NaN when every target is ignored, as F.cross_entropy gives
         scale = 1.0 / count.clamp(min=1).float()  # no targets: zero gradients, as F.cross_entropy gives
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
-        ctx.save_for_backward(None if grad_hidden is None else grad_hidden * scale,
-                              None if grad_weight is None else grad_weight * scale)
+        ctx.save_for_backward(None if grad_hidden is None else grad_hidden.mul_(scale),
+                              None if grad_weight is None else grad_weight.mul_(scale))
         return loss
 
     @staticmethod
@@ -73,10 +75,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     without materialising the logits: hidden (N, C), weight (V, C), targets (N,).
 
     Under autocast the matmuls run in the autocast dtype, like `nn.Linear`'s; the softmax and the gradient
-    sums are fp32. `chunk_rows` defaults to CHUNK_ELEMENTS // V rows.
+    sums are fp32. `chunk_rows` defaults to CHUNK_ELEMENTS // V rows, or N / MAX_CHUNKS if that is more.
     """
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0], -(-hidden.shape[0] // MAX_CHUNKS))
     with torch.autocast(device_type, enabled=False):  # the function picks its dtypes itself
         return LinearCrossEntropy.apply(hidden, weight, targets, dtype, rows, ignore_index)

@@ -95,7 +95,7 @@ class LargestTensor(TorchDispatchMode):
 
 def test_the_model_loss_and_gradients_match_the_plain_path_without_building_the_logits(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 2**16)  # chunks of 32 rows at this vocabulary
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 2**16)  # 32 rows at this vocabulary; MAX_CHUNKS makes it 64
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=2000, block_size=64))
     idx, targets = torch.randint(0, 2000, (2, 8, 64))  # 512 rows x 2,000 columns: 4 MB of fp32 logits
@@ -130,3 +130,21 @@ def test_torch_compile_traces_it_into_one_graph_with_the_eager_results() -> None
     torch.testing.assert_close(loss, expected)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+class CountMatmuls(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.count += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm_.default)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_number_of_chunks_is_capped_so_compile_unrolls_a_bounded_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    hidden, weight, targets = inputs(n=1000)
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 1000)  # one row per chunk, were it not for MAX_CHUNKS
+    with CountMatmuls() as matmuls:
+        linear_cross_entropy(hidden, weight, targets)
+    assert matmuls.count == 3 * fused_loss.MAX_CHUNKS  # logits, hidden gradient, weight gradient per chunk
