@@ -2,6 +2,7 @@
 
 import codecs
 import logging
+import math
 import sys
 from typing import Annotated, Optional
 
@@ -11,8 +12,10 @@ import typer
 from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, load_model_and_tokenizer
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.generate import generate
+from nano_gpt.memory import check_fits, decode_bytes
 from nano_gpt.runtime import Runtime
 from nano_gpt.tokenizer import check_ids_fit
+from nano_gpt.train.config import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,11 @@ def sample(
     num_sequences = num_sequences if sample_num_sequences is None else sample_num_sequences
     max_length = max_length if sample_max_length is None else sample_max_length
     seed = seed if sample_seed is None else sample_seed
+    if seed is not None and not 0 <= seed <= MAX_SEED:  # torch.Generator's range
+        flag = "--seed" if sample_seed is None else "--sample-seed"
+        raise NanoGPTError(f"{flag}={seed} must be between 0 and 2**64 - 1")
+    if not math.isfinite(temperature):
+        raise NanoGPTError(f"--temperature={temperature} must be a finite number (0 is greedy)")
     prompt = " ".join(prompt) if prompt else DEFAULT_PROMPT
     model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
     prompt_tokens = tokenizer.encode_ordinary(prompt)
@@ -62,6 +70,12 @@ def sample(
     logger.info("sampling on %s", runtime.describe())
     model.to(runtime.device, runtime.dtype)  # weights in the decode precision: each token streams them all
     torch_device = runtime.device
+    # Before the prompt is copied num_sequences times: billions of sequences must be one line, not an OOM kill.
+    sorts = not (greedy or temperature == 0) and (top_k is None or top_k >= tokenizer.n_vocab)
+    needed = decode_bytes(model.config, num_sequences, len(prompt_tokens), max_length, runtime.dtype,
+                          tokenizer.n_vocab, sorts)
+    check_fits(needed, torch_device, f"sampling {num_sequences:,} sequences of {max_length} tokens",
+               "lower --num-sequences or --max-length")
     generator = torch.Generator(torch_device)
     if seed is not None:
         generator.manual_seed(seed)
