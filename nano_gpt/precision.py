@@ -102,7 +102,7 @@ def _reason(purpose: Purpose, m: dict[str, float], where: str) -> str:
 def _load(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):  # missing or half-written by an older version: measure again
+    except (OSError, ValueError, RecursionError):  # missing or half-written by an older version: measure again
         return {}
 
 

@@ -118,6 +118,8 @@ def _read_config(folder: Path) -> GPTConfig:
         raise NanoGPTError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
     except RecursionError as e:
         raise NanoGPTError(f"{file} is not a GPT-2 config (JSON nested too deeply)") from e
+    except ValueError as e:  # Python's limit on the digits of an integer
+        raise NanoGPTError(f"{file} is not a GPT-2 config (a number with too many digits)") from e
     if not isinstance(hf, dict):
         raise NanoGPTError(f"{file} is a JSON {type(hf).__name__}, not an object of GPT-2 config fields")
     return config_from_hf(hf, source=str(file))

@@ -152,7 +152,7 @@ def _gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 def _read_json(file: Path) -> object:
     try:
         return json.loads(file.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON, or too many digits
         raise NanoGPTError(f"{file} is not valid UTF-8 JSON ({type(e).__name__}); is the tokenizer file "
                            "complete?") from e
     except OSError as e:

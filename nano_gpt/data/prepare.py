@@ -467,6 +467,10 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
         raise NanoGPTError(f"--validation-tokens={validation_tokens} must be at least 0")
     if num_workers is not None and num_workers < 1:
         raise NanoGPTError(f"--num-workers={num_workers} must be at least 1")
+    if num_workers is not None and num_workers > (most := max(32, 4 * available_cpus())):
+        # Each worker is a process: a typo's worth of them would exhaust the machine (or overflow a C int).
+        raise NanoGPTError(f"--num-workers={num_workers} is more tokenizer processes than this machine can use "
+                           f"({available_cpus()} cores); pass at most {most}")
     sources = dataset_splits(dataset, validation_tokens, tokens_per_shard, text_column)
     if unknown := [s for s in splits if s not in sources]:
         raise NanoGPTError(f"dataset {dataset!r} has no split {unknown[0]!r}; its splits are {', '.join(sources)}")

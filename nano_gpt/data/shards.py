@@ -183,7 +183,7 @@ def _scan(path: Path) -> tuple[str, int, int]:
 def _read_verified(path: Path) -> dict[str, Any]:
     try:
         verified = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return verified if isinstance(verified, dict) else {}
 

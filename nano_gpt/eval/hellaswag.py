@@ -40,6 +40,7 @@ HELLASWAG_CACHE_PATH = "hellaswag/hellaswag_val.jsonl"  # under nano_gpt.cache.c
 NUM_ENDINGS = 4
 PACKED_CACHE_SIZE = 16_384  # packed examples remembered across evaluations: the whole validation set
 MAX_PADDING = 0.1  # the share of a batch's longest row that a shorter row may leave as padding
+_LABELS = frozenset(str(i) for i in range(NUM_ENDINGS))
 _FORMAT = 'expected one JSON object per line: {"ctx": "...", "endings": [4 strings], "label": 0-3}'
 
 
@@ -90,6 +91,10 @@ def _parse_line(line: bytes, where: str) -> HellaSwagExample:
         raise NanoGPTError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {_FORMAT}") from e
     except UnicodeDecodeError as e:
         raise NanoGPTError(f"{where}: not valid JSON (not UTF-8); {_FORMAT}") from e
+    except RecursionError as e:
+        raise NanoGPTError(f"{where}: not valid JSON (nested too deeply); {_FORMAT}") from e
+    except ValueError as e:  # Python's limit on the digits of an integer
+        raise NanoGPTError(f"{where}: not valid JSON (a number with too many digits); {_FORMAT}") from e
     if not isinstance(obj, dict):
         raise NanoGPTError(f"{where}: not a JSON object; {_FORMAT}")
     ctx, endings, label = obj.get("ctx"), obj.get("endings"), obj.get("label")
@@ -99,8 +104,10 @@ def _parse_line(line: bytes, where: str) -> HellaSwagExample:
         raise NanoGPTError(f"{where}: 'endings' is not a list of strings; {_FORMAT}")
     if len(endings) != NUM_ENDINGS:
         raise NanoGPTError(f"{where}: {len(endings)} endings, expected {NUM_ENDINGS}; {_FORMAT}")
-    if isinstance(label, str) and label.isdigit():
-        label = int(label)  # the Hugging Face copy of the dataset stores labels as strings
+    # The Hugging Face copy of the dataset stores labels as strings. Only "0" to "3": str.isdigit() also
+    # passes "²" (which int() refuses) and 5000-digit strings (which int() refuses to convert).
+    if isinstance(label, str) and label in _LABELS:
+        label = int(label)
     if type(label) is not int or not 0 <= label < NUM_ENDINGS:
         raise NanoGPTError(f"{where}: label {label!r} is out of range; expected an integer from 0 to {NUM_ENDINGS - 1}")
     return HellaSwagExample(ctx, tuple(endings), label)
