@@ -6,6 +6,7 @@ Reading a log is `nano_gpt.train.runlog`'s job; this module only draws. matplotl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +68,9 @@ def plot_logs(
 
     if smoothing is not None and not 0 <= smoothing < 1:
         raise NanoGPTError(f"smoothing must be at least 0 (none) and below 1, got {smoothing}")
+    for name, value in (("baseline loss", baseline_loss), ("baseline HellaSwag", baseline_hellaswag)):
+        if value is not None and not math.isfinite(value):
+            raise NanoGPTError(f"the {name} must be a finite number, got {value}")
     fig = Figure(figsize=(13, 8.5), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     (ax_step, ax_tokens), (ax_hs, ax_lr) = fig.subplots(2, 2)
@@ -160,6 +164,11 @@ def save_figure(fig: Figure, output: str | Path) -> Path:
     formats = fig.canvas.get_supported_filetypes()
     if output.suffix.lstrip(".").lower() not in formats:
         raise NanoGPTError(f"cannot write {output}: name a .png file (or one of .{', .'.join(sorted(formats))})")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output)
+    except OSError as e:  # a parent that is a file, a folder named like the image, a read-only folder
+        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else e.strerror or str(e)
+        raise NanoGPTError(f"cannot write {output} ({reason}); pass another --output") from e
     return output

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ def _is_number(value: Any) -> bool:
 
 def is_finite(value: Any) -> bool:
     """A real number that is neither NaN nor infinite (what a plot can draw)."""
-    return _is_number(value) and math.isfinite(value)
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:  # an integer beyond a float's range: JSON sets no limit
+        return False
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -49,7 +53,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
         try:
             record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: not JSON, not UTF-8, or too many digits
             if number == len(lines) and not raw.endswith(b"\n"):
                 logger.warning("%s: skipping an unfinished last line (is the run still writing it?)", where)
                 continue
@@ -63,6 +67,73 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for name in RECORD_FIELDS.get(kind, ()):
             if record.get(name) is not None and not _is_number(record[name]):
                 raise NanoGPTError(f"{where}: \"{name}\" must be a number, got {record[name]!r}")
+        yield number, record
+
+
+# The seed project (allenporter/nano-gpt) wrote its log as text, "kind: key: value | key: value | ...":
+#   train: step: 0 | loss: 10.9512 | norm: 5.5107 | dt: 25721.70ms | tok/sec: 20383.10 | lr: 0.000001
+#   val: step: 0 | loss: 10.9513
+#   hellaswag: accuracy: 0.2720 | total: 2000 | correct: 544
+# A hellaswag line has no step: it belongs to the step of the line before it. Its accuracy is acc_norm (the
+# ending with the lowest loss per token). The seed logged no token counts.
+_SEED_LINE = re.compile(r"(train|val|hellaswag): (\S.*)")
+_SEED_FIELDS: dict[str, dict[str, str]] = {
+    "train": {"loss": "loss", "norm": "norm", "dt": "dt_ms", "tok/sec": "tok_per_sec", "lr": "lr"},
+    "val": {"loss": "val_loss"},
+    "hellaswag": {"accuracy": "acc_norm", "total": "total"},
+}
+_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits below 2**63, as a JSON log's steps (int() takes "٣" too)
+_SEED_EXAMPLES = {"train": "train: step: 0 | loss: 10.9512 | norm: 5.5107 | dt: 388.06ms | tok/sec: 1351053.82 | "
+                           "lr: 0.000001",
+                  "val": "val: step: 0 | loss: 10.9513",
+                  "hellaswag": "hellaswag: accuracy: 0.2720 | total: 2000 | correct: 544"}
+
+
+def _count(text: str) -> int:
+    if not _COUNT.fullmatch(text):
+        raise ValueError(f"not a count: {text!r}")
+    return int(text)
+
+
+def is_seed_log(path: Path) -> bool:
+    """Whether `path` is the seed project's text log rather than JSON lines: its first line that is not
+    blank is a seed record."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                return _SEED_LINE.fullmatch(raw.decode("utf-8", "replace").strip()) is not None
+    return False
+
+
+def _seed_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each record line of a seed log, as `_records` gives them for a JSON log.
+
+    Other lines (a seed user may have kept the console output, samples included) are skipped; a record
+    line whose numbers do not parse is a NanoGPTError, unless it is an unfinished last line.
+    """
+    lines = path.read_bytes().splitlines(keepends=True)
+    step = 0
+    for number, raw in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        match = _SEED_LINE.fullmatch(raw.decode("utf-8", "replace").strip())
+        if match is None:
+            continue
+        kind, text = match.groups()
+        fields = dict(part.split(": ", 1) if ": " in part else (part, "") for part in text.split(" | "))
+        try:
+            if kind != "hellaswag":
+                step = _count(fields.get("step", ""))
+            record: dict[str, Any] = {"kind": kind, "step": step}
+            for name, ours in _SEED_FIELDS[kind].items():
+                if name in fields:
+                    value = fields[name].removesuffix("ms")
+                    record[ours] = _count(value) if ours == "total" else float(value)
+        except ValueError as e:
+            if number == len(lines) and not raw.endswith(b"\n"):
+                logger.warning("%s: skipping an unfinished last line (is the run still writing it?)", where)
+                continue
+            raise NanoGPTError(f"{where}: a {kind} line of the seed project's log whose numbers do not parse; "
+                               f"expected for example {_SEED_EXAMPLES[kind]!r}") from e
         yield number, record
 
 
@@ -105,15 +176,16 @@ class TrainingLog:
 
 
 def read_log(path: str | Path, label: str | None = None) -> TrainingLog:
-    """Parse a training log; a missing file or a malformed line is a NanoGPTError naming file and line."""
+    """Parse a training log: JSON lines written by `RunLog`, or the seed project's text log (so old runs overlay
+    new ones). A missing file or a malformed line is a NanoGPTError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise NanoGPTError(f"training log {path} not found; pass the JSON-lines file written by `nano-gpt train` "
-                           "(by default checkpoints/train_log.jsonl)")
+                           "(by default checkpoints/train_log.jsonl), or a text log of allenporter/nano-gpt")
     by_step: dict[str, dict[int, dict[str, Any]]] = {kind: {} for kind in RECORD_FIELDS}
     config: dict[str, Any] = {}
     try:
-        for number, record in _records(path):
+        for number, record in (_seed_records if is_seed_log(path) else _records)(path):
             if record["kind"] == "config":
                 config = record
             elif record["kind"] in by_step:
