@@ -53,7 +53,8 @@ def config_from_fields(fields: Mapping, source: str, names: Mapping[str, str] | 
         name = names.get(field, field)
         value = fields.get(field)
         if field not in fields:
-            raise NanoGPTError(f"{source}: no {name}; a GPT-2 config needs {', '.join(names.get(f, f) for f in SIZE_LIMITS)}")
+            needed = ", ".join(names.get(f, f) for f in SIZE_LIMITS)
+            raise NanoGPTError(f"{source}: no {name}; a GPT-2 config needs {needed}")
         if type(value) is not int:  # bool is an int subclass, and True is no size
             raise NanoGPTError(f"{source}: {name} is {value!r}, not an integer")
         if not 1 <= value <= limit:
