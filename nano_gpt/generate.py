@@ -8,10 +8,6 @@ from nano_gpt.kv_cache import KVCache
 from nano_gpt.model import GPT
 from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE
 
-# Decode steps (batch x new tokens) from which compiling the decode step is the default, per device type:
-# the compile time must be won back (measured, docs/benchmarks.md).
-COMPILE_MIN_TOKENS: dict[str, int] = {"cuda": 512, "cpu": 4096}
-
 
 def sample_next_token(
     logits: torch.Tensor,
@@ -65,11 +61,6 @@ def compiled_decode_step(device: torch.device) -> Callable:
     return _compiled_steps[device.type]
 
 
-def compile_pays(device: torch.device, batch_size: int, new_tokens: int) -> bool:
-    """Whether compiling the decode step is the default: see COMPILE_MIN_TOKENS."""
-    return device.type in COMPILE_MIN_TOKENS and batch_size * new_tokens >= COMPILE_MIN_TOKENS[device.type]
-
-
 def _cache_length(total: int, block_size: int) -> int:
     """A compiled step's cache length: `total` rounded up to a multiple of 64, so that calls of similar
     lengths reuse one compiled step (attention over a few masked positions costs little)."""
@@ -90,7 +81,7 @@ def generate(
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
     vocab_size: int = VOCAB_SIZE,
-    compile: bool | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Continue each row of `prompt` (B, T) by up to `max_new_tokens` tokens.
 
@@ -100,7 +91,10 @@ def generate(
     cast it first (bf16 weights halve the bytes each token streams).
 
     With `use_cache`, the prompt is prefilled once, then each token runs one decode step over the KV
-    cache; `compile` compiles that step (`compiled_decode_step`; default: where it pays, `compile_pays`).
+    cache. `compile` compiles that step once per batch size and cache length (`compiled_decode_step`). It
+    is off by default because it has not paid where measured: on a CPU the compiled step ran no faster
+    than the eager one, after about 40 s of compiling (docs/benchmarks.md). On CUDA its graphs remove
+    the per-kernel launch cost, which pays only over many tokens per compile.
     """
     B, T = prompt.shape
     total = T + max_new_tokens
@@ -108,7 +102,7 @@ def generate(
     if total > block_size:
         raise ValueError(f"prompt plus new tokens ({total}) exceeds the model's context ({block_size})")
     device = prompt.device
-    compile = use_cache and (compile_pays(device, B, max_new_tokens) if compile is None else compile)
+    compile = compile and use_cache
     tokens = torch.empty(B, total, dtype=torch.long, device=device)  # (B, T + new)
     tokens[:, :T] = prompt
     finished = torch.zeros(B, dtype=torch.bool, device=device)

@@ -34,7 +34,7 @@ TRAIN_ROWS = 512  # tokens per timed matmul: enough rows for the matmul kernels 
 TRAIN_MAX_COLUMNS = 4096  # LM-head columns timed; the rate per column does not change past a few thousand
 DECODE_BYTES = 128 * 2**20  # fp32 bytes of MLP weights streamed per timed pass, well beyond any L3 cache
 DECODE_MAX_MATRICES = 64  # a tiny model has few small matrices that stay cached; timing thousands would mislead
-REPEATS = 3  # fp32 and bf16 alternate, and each keeps its fastest run: other work only ever adds time
+REPEATS = 5  # fp32 and bf16 alternate, and each keeps its fastest run: other work only ever adds time
 
 
 def cpu_model() -> str:

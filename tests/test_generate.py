@@ -1,7 +1,7 @@
 import torch
 
 from nano_gpt import GPT, GPTConfig, generate
-from nano_gpt.generate import compile_pays, decode_step, sample_next_token
+from nano_gpt.generate import decode_step, sample_next_token
 
 
 def _model() -> GPT:
@@ -62,8 +62,3 @@ def test_compiled_decoding_gives_the_eager_greedy_tokens_in_fp32() -> None:
     assert generate(model, prompt[:, :4], 20, greedy=True, eos_token=None, compile=True) == [
         t[:24] for t in generate(model, prompt[:, :4], 20, greedy=True, eos_token=None, compile=False)]
 
-
-def test_compiling_is_the_default_only_for_long_enough_generations() -> None:
-    cpu = torch.device("cpu")
-    assert not compile_pays(cpu, 1, 30) and compile_pays(cpu, 8, 1000)
-    assert not compile_pays(torch.device("mps"), 8, 1000)
