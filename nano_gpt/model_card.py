@@ -18,12 +18,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 
 from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
+from nano_gpt.peer_checkpoints import read_checkpoint_file
 from nano_gpt.pretrained import HUB_ALIASES
+from nano_gpt.sharded_checkpoint import is_sharded, read_sharded
 from nano_gpt.tokenizer import VOCAB_SIZE
 from nano_gpt.train.runlog import TrainingLog, is_finite, read_log
 
@@ -82,15 +83,19 @@ def facts_from_model(model: GPT, source: str | None = None) -> CardFacts:
     return CardFacts(config=model.config, parameters=exported_parameters(model), source=source)
 
 
+_FACT_KEYS = ("step", "model_config", "train_config", "run", "metrics")
+
+
 def facts_from_checkpoint(path: str | Path, model: GPT) -> CardFacts:
     """Facts from a training checkpoint and, where the checkpoint lacks them, from its run's log."""
     path = Path(path)
     facts = facts_from_model(model)
     try:
-        # Memory-mapped: only the small dicts are read, not the weights and optimizer state again.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - the model loaded, so this is another project's format
-        logger.debug("model card: no training facts in %s (%s)", path, e.__class__.__name__)
+        # Only the small entries: a sharded checkpoint reads just those, a file is memory-mapped.
+        state = (read_sharded(path, _FACT_KEYS) if is_sharded(path)
+                 else read_checkpoint_file(path, mmap=True))
+    except NanoGPTError as e:
+        logger.debug("model card: no training facts in %s (%s)", path, e)
         return facts
     if not isinstance(state, dict) or not isinstance(state.get("train_config"), dict) or "model_config" not in state:
         # Another project's checkpoint (see nano_gpt.peer_checkpoints): its fields mean other things.

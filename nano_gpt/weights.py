@@ -25,13 +25,13 @@ _TIED = ("lm_head.weight", "transformer.wte.weight")
 
 
 def load_plain(path: Path, what: str, map_location: str | torch.device = "cpu",
-               stand_ins: Sequence[tuple[type, str]] = ()) -> Any:
+               stand_ins: Sequence[tuple[type, str]] = (), mmap: bool = False) -> Any:
     """What a `torch.save` file holds, unpickled with `weights_only=True`: tensors and plain data only, plus
     `stand_ins` (a class and the pickled name it replaces). Failure is one line naming the file; `what` says
-    what it should have been."""
+    what it should have been. `mmap` maps tensors instead of reading them, for callers that want the small parts."""
     try:
         with torch.serialization.safe_globals(list(stand_ins)):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the class or function it stopped at; bad bytes are "Unsupported operand".
         if any(s in str(e) for s in ("GLOBAL", "unrecognized function", "Can only")):
