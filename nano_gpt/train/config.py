@@ -113,6 +113,10 @@ class TrainConfig:
             raise NanoGPTError(f"--min-lr-ratio={self.min_lr_ratio} must be between 0 and 1")
         if not 0 <= self.seed <= MAX_SEED:
             raise NanoGPTError(f"--seed={self.seed} must be between 0 and 2**64 - 1")
+        for f in dataclasses.fields(self):  # counts past int64 overflow the tensors they end up in
+            value = getattr(self, f.name)
+            if f.name != "seed" and type(value) is int and value >= 2**63:
+                raise NanoGPTError(f"--{_flag(f.name)}={value} is too large; at most 2**63 - 1")
         if self.overwrite and self.resume is not None:
             raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
 
