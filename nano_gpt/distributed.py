@@ -1,18 +1,21 @@
 """Process groups under `torchrun`, collectives, and data parallelism applied from outside the model.
 
-The model code knows nothing of this: training wraps the single-device model here (`wrap_ddp`), and
-`Runtime` asks `torchrun_ranks` whether this process is one of several.
+The model code knows nothing of this: training wraps the single-device model here (`wrap_ddp`, or FSDP in
+`nano_gpt.parallel`), and `Runtime` asks `torchrun_ranks` whether this process is one of several.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nano_gpt.errors import NanoGPTError
@@ -75,7 +78,23 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> DDP:
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
     """Whether the next backward pass all-reduces gradients: only the last micro-step of an accumulated
-    step needs to. A model that is not data-parallel always keeps its gradients local."""
+    step needs to (FSDP: the reduce-scatter waits, and the unsharded gradients accumulate until then). A
+    model that is not data-parallel always keeps its gradients local."""
     model = getattr(model, "_orig_mod", model)  # under torch.compile
     if isinstance(model, DDP):
         model.require_backward_grad_sync = enabled
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+
+
+def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
+    """Scale gradients so their global norm is at most `max_norm`; returns the norm before clipping.
+
+    `torch.nn.utils.clip_grad_norm_`, split in its two halves so that FSDP's sharded gradients (DTensors) work
+    too: each rank's share of the norm is combined over ranks before anything is scaled."""
+    parameters = list(parameters)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
+    return norm.item()

@@ -12,6 +12,7 @@ from typing import Any
 from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.data import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.parallel import PARALLELISMS
 from nano_gpt.runtime import DTYPE_CHOICES, DTYPES
 
 
@@ -67,6 +68,12 @@ class TrainConfig:
                                  "scaler), fp32 on MPS, and on CPUs whichever of fp32 and bf16 measures faster.")
     compile: bool | None = _option(None, "torch.compile the model (default: on for CUDA and CPU, off on MPS).",
                                    flag="--compile/--no-compile")
+    parallelism: str = _option("auto", "Under torchrun: ddp (every process holds the whole model) or fsdp (parameters, "
+                                       "gradients and optimizer state sharded over the processes, for models that do "
+                                       "not fit one GPU; checkpoints become folders). auto: ddp under torchrun.")
+    activation_checkpointing: bool = _option(False, "Recompute each block's activations in the backward pass instead "
+                                                    "of keeping them: about a third more compute for far less memory.",
+                                             flag="--activation-checkpointing/--no-activation-checkpointing")
     sequence_length: int = _option(1024, "Tokens per training sequence.")
     micro_batch_size: int = _option(16, "Sequences per forward pass per process.")
     total_batch_size: int | None = _option(None, "Tokens per optimizer step (gradient accumulation fills it); "
@@ -100,6 +107,8 @@ class TrainConfig:
             raise NanoGPTError(f"unknown model {self.model!r}; choose one of: {', '.join(RECIPES)}")
         if self.dtype not in DTYPES:
             raise NanoGPTError(f"unknown --dtype={self.dtype}; choose {DTYPE_CHOICES}")
+        if self.parallelism not in PARALLELISMS:
+            raise NanoGPTError(f"unknown --parallelism={self.parallelism}; choose {', '.join(PARALLELISMS)}")
         for name in ("sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "eval_steps",
                      "checkpoint_steps", "max_lr", "grad_clip"):
             value = getattr(self, name)

@@ -13,6 +13,7 @@ from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import HellaSwagExample, evaluate_hellaswag, load_hellaswag, validation_loss
 from nano_gpt.generate import generate
 from nano_gpt.model import GPT
+from nano_gpt.parallel import whole_model
 from nano_gpt.runtime import Runtime
 from nano_gpt.tokenizer import VOCAB_SIZE, get_tokenizer
 from nano_gpt.train.config import TrainConfig
@@ -62,28 +63,34 @@ class Evaluator:
             metrics["val_loss"] = val
             self._record("val", step, tokens=tokens, val_loss=val)
             logger.info("step: %d | val loss: %.4f", step, val)
-        if self.hellaswag is not None:
-            # Variable-length batches: the uncompiled module, so evaluation never triggers recompilation.
-            result = evaluate_hellaswag(self.model, self.hellaswag, self.runtime.device, dtype=self.runtime.dtype,
-                                        rank=self.runtime.rank, world_size=self.runtime.world_size)
-            metrics.update(hellaswag_acc=result.acc, hellaswag_acc_norm=result.acc_norm)
-            self._record("hellaswag", step, tokens=tokens, acc=result.acc, acc_norm=result.acc_norm, total=result.total)
-            logger.info("step: %d | hellaswag acc_norm: %.4f (%d/%d)", step, result.acc_norm, result.correct_norm,
-                        result.total)
-        if self.runtime.is_main and self.model.config.vocab_size >= VOCAB_SIZE:
-            self._log_samples()
+        samples = self.model.config.vocab_size >= VOCAB_SIZE
+        if self.hellaswag is not None or samples:
+            with whole_model(self.model) as model:  # from here on, ranks run different passes
+                if self.hellaswag is not None:
+                    metrics.update(self._hellaswag(model, step, tokens))
+                if samples and self.runtime.is_main:
+                    self._log_samples(model)
         self.model.train()
         return metrics
+
+    def _hellaswag(self, model: GPT, step: int, tokens: int) -> dict[str, float]:
+        # Variable-length batches: the uncompiled module, so evaluation never triggers recompilation.
+        result = evaluate_hellaswag(model, self.hellaswag, self.runtime.device, dtype=self.runtime.dtype,
+                                    rank=self.runtime.rank, world_size=self.runtime.world_size)
+        self._record("hellaswag", step, tokens=tokens, acc=result.acc, acc_norm=result.acc_norm, total=result.total)
+        logger.info("step: %d | hellaswag acc_norm: %.4f (%d/%d)", step, result.acc_norm, result.correct_norm,
+                    result.total)
+        return {"hellaswag_acc": result.acc, "hellaswag_acc_norm": result.acc_norm}
 
     def _record(self, kind: str, step: int, **fields: float) -> None:
         if self.log is not None:
             self.log.write(kind, step, **fields)
 
-    def _log_samples(self) -> None:
+    def _log_samples(self, model: GPT) -> None:
         enc = get_tokenizer()
         prompt = torch.tensor([enc.encode_ordinary(SAMPLE_PROMPT)] * 2, device=self.runtime.device)
         with self.runtime.autocast():
-            samples = generate(self.model, prompt, 24, top_k=50,
+            samples = generate(model, prompt, 24, top_k=50,
                                generator=torch.Generator(self.runtime.device).manual_seed(42))
         for i, tokens in enumerate(samples):
             logger.info("sample %d: %s", i, enc.decode(tokens))

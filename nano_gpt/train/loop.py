@@ -1,7 +1,8 @@
 """`train(config)`: check everything that can fail, build the run, then a short loop of lr, step, log,
 evaluate and save.
 
-Single-device model code; data parallelism and torch.compile are applied here, from outside the model.
+Single-device model code; data parallelism (DDP or FSDP) and torch.compile are applied from outside the model
+(`nano_gpt.parallel`).
 """
 
 from __future__ import annotations
@@ -17,21 +18,22 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from nano_gpt.checkpoint import checkpoint_path, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
-from nano_gpt.distributed import wrap_ddp
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
+from nano_gpt.parallel import parallelize
 from nano_gpt.pretrained import load_pretrained
 from nano_gpt.runtime import Runtime
+from nano_gpt.sharded_checkpoint import save_sharded
 from nano_gpt.train import rundir
 from nano_gpt.train.config import TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
 from nano_gpt.train.runlog import RunLog
-from nano_gpt.train.state import TrainState, check_structure, model_from_checkpoint_state
+from nano_gpt.train.state import TrainState, model_from_checkpoint_state, read_checkpoint
 from nano_gpt.train.step import NonFiniteError, train_step
 
 logger = logging.getLogger(__name__)
@@ -88,9 +90,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
     resume_file = rundir.prepare(config)
-    checkpoint = load_checkpoint(resume_file) if resume_file is not None else None
-    if checkpoint is not None:
-        check_structure(checkpoint, resume_file)
+    checkpoint = read_checkpoint(resume_file) if resume_file is not None else None
     model = _initial_model(config, checkpoint, resume_file)
     recipe = recipe_for(model.config) if config.pretrained is not None else config.model
     config = config.resolved(recipe)
@@ -115,15 +115,15 @@ class _Trainer:
                              config.sequence_length, rank=runtime.rank, world_size=runtime.world_size,
                              shuffle=config.shuffle, seed=config.seed)
         model.to(runtime.device)
+        self.use_compile = runtime.compiles_by_default if config.compile is None else config.compile
+        # Before the optimizer: FSDP replaces the parameters by their shards.
+        self.forward = parallelize(model, runtime, config.parallelism, self.use_compile, config.activation_checkpointing)
         optimizer = make_optimizer(model, config.max_lr, config.weight_decay, fused=runtime.has_fused_adamw)
         self.state = TrainState(model, optimizer, runtime.grad_scaler(), loader, runtime, config.to_dict())
         if checkpoint is not None:
             self.state.load_state_dict(checkpoint, resume_file)
             logger.info("resuming from %s at step %d", resume_file, self.state.step + 1)
             _warn_if_changed(checkpoint["train_config"], config)
-        self.use_compile = runtime.compiles_by_default if config.compile is None else config.compile
-        forward: torch.nn.Module = wrap_ddp(model, runtime.device) if runtime.distributed else model
-        self.forward = torch.compile(forward) if self.use_compile else forward
         self.log = RunLog(Path(config.log_file), checkpoint["step"] if checkpoint else None) if runtime.is_main else None
         self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)
         self._announce(model, recipe, checkpoint is None)
@@ -143,12 +143,15 @@ class _Trainer:
                     self.grad_accum, config.micro_batch_size, config.sequence_length)
 
     def _save(self) -> Path | None:
-        if not self.runtime.is_main:
+        path = checkpoint_path(Path(self.config.checkpoint_dir), self.state.step, sharded=self.state.sharded)
+        if self.state.sharded:
+            save_sharded(path, self.state.state_dict())  # every rank writes its shards
+        elif self.runtime.is_main:
+            save_checkpoint(path, self.state.state_dict())
+        else:
             return None
-        path = checkpoint_path(Path(self.config.checkpoint_dir), self.state.step)
-        save_checkpoint(path, self.state.state_dict())
         logger.info("saved %s", path)
-        return path
+        return path if self.runtime.is_main else None
 
     def run(self) -> TrainResult:
         config, runtime, state = self.config, self.runtime, self.state

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nano_gpt.distributed import all_reduce_sum, set_gradient_sync
+from nano_gpt.distributed import all_reduce_sum, clip_grad_norm, set_gradient_sync
 from nano_gpt.runtime import Runtime
 
 
@@ -46,7 +46,7 @@ def train_step(
 ) -> StepResult:
     """Accumulate `grad_accum` micro-batches from `next_batch` (CPU tensors), then clip and update.
 
-    `model` is what runs the forward pass: the model itself, or its DDP and/or compiled wrapper.
+    `model` is what runs the forward pass: the model itself (FSDP's included), or its DDP and/or compiled wrapper.
     """
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=runtime.device)
@@ -64,7 +64,7 @@ def train_step(
     if not math.isfinite(loss_value):
         raise NonFiniteError("the loss", loss_value)
     scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    norm = clip_grad_norm(model.parameters(), grad_clip)
     if not math.isfinite(norm) and not scaler.is_enabled():
         raise NonFiniteError("the gradient norm", norm)
     scale = scaler.get_scale() if scaler.is_enabled() else None
