@@ -21,6 +21,7 @@ from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hf import config_from_hf, state_dict_from_hf
 from nano_gpt.model import GPT
+from nano_gpt.sharded_checkpoint import is_sharded
 from nano_gpt.tokenizer import TOKENIZER_FILES, Tokenizer, get_tokenizer, load_tokenizer
 from nano_gpt.weights import load_plain, model_from_weights
 
@@ -152,7 +153,7 @@ def _load_folder(folder: Path) -> GPT:
 
 
 def _load(source: Path) -> GPT:
-    return _load_folder(source) if source.is_dir() else model_from_checkpoint(source)
+    return _load_folder(source) if source.is_dir() and not is_sharded(source) else model_from_checkpoint(source)
 
 
 def load_pretrained(name_or_path: str) -> GPT:

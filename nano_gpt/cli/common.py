@@ -18,8 +18,8 @@ PretrainedOption = Annotated[
                       "(with its own tokenizer, if it has one)."),
 ]
 CheckpointOption = Annotated[Optional[Path], typer.Option(
-    help="A checkpoint: nano-gpt's checkpoint_NNNNNN.bin, or one of allenporter/nano-gpt, karpathy/nanoGPT (ckpt.pt) "
-         "or karpathy/build-nanogpt (model_NNNNN.pt).")]
+    help="A checkpoint: nano-gpt's checkpoint_NNNNNN.bin or sharded checkpoint_NNNNNN folder (FSDP), or one of "
+         "allenporter/nano-gpt, karpathy/nanoGPT (ckpt.pt) or karpathy/build-nanogpt (model_NNNNN.pt).")]
 DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOption = Annotated[str, typer.Option(help=f"Precision: {DTYPE_CHOICES}. auto: bf16 on GPUs that have it (else fp16), "
                                                "fp32 on MPS, and on CPUs whichever measures faster (logged).")]
