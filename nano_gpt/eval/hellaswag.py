@@ -109,7 +109,8 @@ def _parse_line(line: bytes, where: str) -> HellaSwagExample:
     if isinstance(label, str) and label in _LABELS:
         label = int(label)
     if type(label) is not int or not 0 <= label < NUM_ENDINGS:
-        raise NanoGPTError(f"{where}: label {label!r} is out of range; expected an integer from 0 to {NUM_ENDINGS - 1}")
+        shown = repr(label) if len(repr(label)) <= 40 else repr(label)[:37] + "..."
+        raise NanoGPTError(f"{where}: label {shown} is out of range; expected an integer from 0 to {NUM_ENDINGS - 1}")
     return HellaSwagExample(ctx, tuple(endings), label)
 
 
@@ -123,6 +124,8 @@ def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
     path = cached_download(HELLASWAG_URL, HELLASWAG_CACHE_PATH) if path is None else Path(path)
+    if path.is_dir():
+        raise NanoGPTError(f"HellaSwag file {path} is a folder; pass a jsonl file with one example per line")
     if not path.is_file():
         raise NanoGPTError(f"HellaSwag file {path} not found; pass a jsonl file with one example per line")
     examples: list[HellaSwagExample] = []

@@ -179,6 +179,9 @@ def read_log(path: str | Path, label: str | None = None) -> TrainingLog:
     """Parse a training log: JSON lines written by `RunLog`, or the seed project's text log (so old runs overlay
     new ones). A missing file or a malformed line is a NanoGPTError naming file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise NanoGPTError(f"training log {path} is a folder; pass the log file in it, such as "
+                           f"{path / 'train_log.jsonl'}")
     if not path.is_file():
         raise NanoGPTError(f"training log {path} not found; pass the JSON-lines file written by `nano-gpt train` "
                            "(by default checkpoints/train_log.jsonl), or a text log of allenporter/nano-gpt")
