@@ -76,8 +76,9 @@ def _shard(model: GPT, runtime: Runtime) -> None:
         raise NanoGPTError("--parallelism=fsdp trains in bf16 or fp32; fp16 would need a loss scaler that agrees "
                            "across shards. Use --dtype=bf16, or --dtype=fp32 on GPUs without bf16, or DDP")
     mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
-    half = runtime.dtype == torch.bfloat16
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
+    policy = MixedPrecisionPolicy()  # fp32: weights gathered and gradients reduced as they are
+    if runtime.dtype == torch.bfloat16:
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
     # The root holds what no block does; it stays gathered after the forward, whose end (the tied LM head)

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint import (CheckpointException, DefaultLoadPlanner, FileSystemReader, Metadata,
+                                          TensorStorageMetadata)
 from torch.distributed.checkpoint.metadata import StorageMeta
 
 from nano_gpt.errors import NanoGPTError
@@ -56,8 +57,8 @@ def is_sharded(path: Path | str) -> bool:
 
 class _IndexUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        allowed = name in _INDEX_CLASSES.get(module, ()) or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                               torch.dtype))
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        allowed = is_dtype or name in _INDEX_CLASSES.get(module, ())
         if not allowed:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
         return super().find_class(module, name)
@@ -98,10 +99,15 @@ def _reading(path: Path) -> Iterator[None]:
             yield
     except NanoGPTError:
         raise
-    except Exception as e:  # DCP wraps reader errors in its own CheckpointException, among others
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise NanoGPTError(f"cannot read the sharded checkpoint {path}: it is damaged, incomplete or does not fit "
-                           f"({e.__class__.__name__}: {first_line[:300]})") from e
+    except (Exception, CheckpointException) as e:  # DCP's own exception, wrapping each rank's, is a BaseException
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) and e.failures else e
+        if isinstance(cause, pickle.UnpicklingError):
+            why = "it pickles objects other than tensors and plain data, which nano-gpt refuses to load (unpickling " \
+                  "them could run code)"
+        else:
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            why = f"it is damaged, incomplete or does not fit ({cause.__class__.__name__}: {first_line[:300]})"
+        raise NanoGPTError(f"cannot read the sharded checkpoint {path}: {why}") from e
 
 
 def _index(path: Path) -> Metadata:
@@ -144,8 +150,9 @@ def read_sharded(path: Path | str, keys: Iterable[str] | None = None) -> dict[st
     for fqn, item in metadata.state_dict_metadata.items():
         where = metadata.planner_data.get(fqn, (fqn,))
         if wanted is None or where[0] in wanted:
-            empty = torch.empty(item.size, dtype=item.properties.dtype) if isinstance(item, TensorStorageMetadata) else None
-            _put(state, where, empty)  # None: plain data, which DCP replaces with what was saved
+            tensor = isinstance(item, TensorStorageMetadata)
+            # None stands for plain data, which DCP replaces with what was saved.
+            _put(state, where, torch.empty(item.size, dtype=item.properties.dtype) if tensor else None)
     with _reading(path):
         dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner(), no_dist=True)
     return state
@@ -178,7 +185,9 @@ def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
         dist.broadcast_object_list(owner, src=0)
     tmp = path.with_name(f".{path.name}.tmp{owner[0]}")
     # Returns once every rank's files are written and synced and the coordinator has written the index.
-    dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+        dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
     if not distributed or dist.get_rank() == 0:
         if path.exists():  # the same step written again (a resumed run overtaking a later checkpoint)
             old = path.with_name(f".{path.name}.replaced.tmp{owner[0]}")

@@ -11,6 +11,7 @@ gradients over six steps, staying far below what a step changes (the loss falls 
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -136,3 +137,28 @@ def test_a_two_rank_checkpoint_resumes_in_one_process_and_exports_to_hugging_fac
     with torch.no_grad():
         ours, theirs = model(idx)[0][..., :50257], hf(idx).logits
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+class _RunsCode:
+    """Pickles as a call to `os.system`: what a malicious checkpoint would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_sharded_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    from nano_gpt.errors import NanoGPTError
+    from nano_gpt.sharded_checkpoint import save_sharded
+
+    marker = tmp_path / "ran"
+    save_sharded(tmp_path / "entry", {"model": {"w": torch.ones(2)}, "model_config": {}, "step": _RunsCode(marker)})
+    with pytest.raises(NanoGPTError, match="refuses to load"):
+        load_checkpoint(tmp_path / "entry")
+    save_sharded(tmp_path / "index", {"model": {"w": torch.ones(2)}, "model_config": {}})
+    (tmp_path / "index" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(NanoGPTError, match="refuses to load"):
+        model_from_checkpoint(tmp_path / "index")
+    assert not marker.exists()
