@@ -108,8 +108,9 @@ def is_seed_log(path: Path) -> bool:
 def _seed_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) of each record line of a seed log, as `_records` gives them for a JSON log.
 
-    Other lines (a seed user may have kept the console output, samples included) are skipped; a record
-    line whose numbers do not parse is a NanoGPTError, unless it is an unfinished last line.
+    Other lines (a seed user may have kept the console output, samples included) are skipped, and so is a
+    last line without its newline: the seed wrote the newline after the record, and a line cut short can
+    still parse ("lr: 0.0000" of "lr: 0.000060"). A record line whose numbers do not parse is a NanoGPTError.
     """
     lines = path.read_bytes().splitlines(keepends=True)
     step = 0
@@ -117,6 +118,9 @@ def _seed_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         where = f"{path}:{number}"
         match = _SEED_LINE.fullmatch(raw.decode("utf-8", "replace").strip())
         if match is None:
+            continue
+        if number == len(lines) and not raw.endswith(b"\n"):
+            logger.warning("%s: skipping an unfinished last line (is the run still writing it?)", where)
             continue
         kind, text = match.groups()
         fields = dict(part.split(": ", 1) if ": " in part else (part, "") for part in text.split(" | "))
@@ -129,9 +133,6 @@ def _seed_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     value = fields[name].removesuffix("ms")
                     record[ours] = _count(value) if ours == "total" else float(value)
         except ValueError as e:
-            if number == len(lines) and not raw.endswith(b"\n"):
-                logger.warning("%s: skipping an unfinished last line (is the run still writing it?)", where)
-                continue
             raise NanoGPTError(f"{where}: a {kind} line of the seed project's log whose numbers do not parse; "
                                f"expected for example {_SEED_EXAMPLES[kind]!r}") from e
         yield number, record
