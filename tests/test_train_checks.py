@@ -170,7 +170,7 @@ def _damaged(source: Path, target: Path, damage: callable) -> Path:
     (lambda s: s.pop("optimizer"), ["no 'optimizer'"]),
     (lambda s: s.update(step="5"), ["'step' is a str"]),
     (lambda s: s.update(step=-3), ["step is -3"]),
-    (lambda s: s["model_config"].update(n_embd=96), ["weights do not fit its model_config"]),
+    (lambda s: s["model_config"].update(n_embd=96), ["has shape", "the config needs"]),
     (lambda s: s["model_config"].update(n_head=5), ["'model_config' is not a GPT config"]),
     (lambda s: s["rng"].update(torch=torch.zeros(3)), ["'rng'"]),
     (lambda s: s["loader"].update(position=-1), ["'loader'"]),

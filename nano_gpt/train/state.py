@@ -32,7 +32,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_optimizer_state_dict,
                                                      set_state_dict)
 
-from nano_gpt.checkpoint import load_checkpoint
+from nano_gpt.checkpoint import load_checkpoint, model_from_state
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
 from nano_gpt.errors import NanoGPTError
@@ -114,15 +114,9 @@ def check_structure(checkpoint: dict[str, Any], source: Path | str) -> None:
 def model_from_checkpoint_state(checkpoint: dict[str, Any], source: Path | str) -> GPT:
     """The model a structurally sound checkpoint holds, on the CPU (of a sharded one, the model it was: its weights
     arrive with `TrainState.load_state_dict`)."""
-    model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
     if isinstance(checkpoint["model"], Sharded):
-        return model
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise NanoGPTError(f"checkpoint {source}: the weights do not fit its model_config ({first_line})") from e
-    return model
+        return GPT(GPTConfig.from_dict(checkpoint["model_config"]))
+    return model_from_state(checkpoint, f"checkpoint {source}")  # sizes, keys and shapes checked
 
 
 @dataclass
