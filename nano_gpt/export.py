@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import pid_alive
 from nano_gpt.hf import config_to_hf, state_dict_to_hf
 from nano_gpt.model import GPT
 from nano_gpt.model_card import (
@@ -96,19 +97,6 @@ def prepare_export_dir(export_dir: Path | str, force: bool = False) -> Path:
     return export_dir
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (signal 0 checks without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    except OverflowError:
-        return False  # not a PID this system could have
-    return True
-
-
 def _clean_leftovers(target: Path) -> None:
     """Remove the temp folders that killed exports to `target` left beside it.
 
@@ -122,7 +110,7 @@ def _clean_leftovers(target: Path) -> None:
         return  # an unreadable or missing parent is reported when the export writes there
     for entry in sorted(entries, key=lambda p: p.name.endswith(".tmp")):  # .old first: it may be restored
         match = pattern.fullmatch(entry.name)
-        if match is None or not entry.is_dir() or entry.is_symlink() or _pid_alive(int(match.group(1))):
+        if match is None or not entry.is_dir() or entry.is_symlink() or pid_alive(int(match.group(1))):
             continue
         if match.group(2) == "old" and not target.exists():
             logger.warning("restoring %s from %s, left by an export that was killed", target, entry.name)

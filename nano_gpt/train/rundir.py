@@ -16,6 +16,7 @@ from pathlib import Path
 from nano_gpt.checkpoint import checkpoints_in, latest_checkpoint
 from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import pid_alive
 from nano_gpt.sharded_checkpoint import is_sharded
 from nano_gpt.train.config import TrainConfig
 
@@ -24,21 +25,11 @@ logger = logging.getLogger(__name__)
 _TEMP = re.compile(r"\..+\.tmp(\d+)")  # what save_checkpoint, save_sharded (a folder) and RunLog write before renaming
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def remove_stale_temp_files(folder: Path) -> None:
     """Delete the half-written temp files and folders of processes that no longer run."""
     for path in folder.glob(".*.tmp*"):
         match = _TEMP.fullmatch(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             logger.info("removing %s, left by a killed run", path)
             _remove(path)
 
