@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.train.runlog import TrainingLog, format_count
+# read_log, read_logs and summarize lived here in earlier releases; notebooks that import them from here still work.
+from nano_gpt.train.runlog import TrainingLog, format_count, read_log, read_logs, summarize
+
+__all__ = ["auto_smoothing", "ema", "plot_logs", "read_log", "read_logs", "save_figure", "summarize"]
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
