@@ -61,11 +61,13 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor) -> tuple:
+        # Scaled in place: a (V, C) copy would be the largest tensor of the step. A second backward through
+        # the same graph (retain_graph) is refused by autograd's check of the saved tensors' versions.
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is not None:
-            grad_hidden = (grad_hidden * grad_loss).to(ctx.hidden_dtype)
+            grad_hidden = grad_hidden.mul_(grad_loss).to(ctx.hidden_dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_loss).to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
 

@@ -148,3 +148,11 @@ def test_the_number_of_chunks_is_capped_so_compile_unrolls_a_bounded_loop(monkey
     with CountMatmuls() as matmuls:
         linear_cross_entropy(hidden, weight, targets)
     assert matmuls.count == 3 * fused_loss.MAX_CHUNKS  # logits, hidden gradient, weight gradient per chunk
+
+
+def test_a_second_backward_through_the_same_loss_is_refused_not_silently_rescaled() -> None:
+    hidden, weight, targets = inputs()
+    loss = linear_cross_entropy(hidden, weight, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
