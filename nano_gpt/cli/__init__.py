@@ -72,10 +72,12 @@ def _one_line(message: str) -> str:
 
 # typer >= 0.26 carries its own copy of click, whose errors derive from TyperException; older typers raise click's.
 _PARSER_ERRORS: tuple[type[Exception], ...] = (typer.TyperException,)
+_ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
 try:
     import click
 
     _PARSER_ERRORS += (click.ClickException,)
+    _ABORTS += (click.Abort,)
 except ImportError:  # pragma: no cover - typer >= 0.26 needs no click
     pass
 
@@ -108,7 +110,7 @@ def main() -> None:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print(f"error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except typer.Abort:  # end of input at a prompt
+    except _ABORTS:  # end of input at a prompt
         print("error: aborted", file=sys.stderr)
         sys.exit(1)
     # Without standalone mode typer returns the code of an Exit (--help: 0, Ctrl-C: 130) instead of exiting.
