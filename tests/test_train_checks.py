@@ -257,3 +257,26 @@ def test_fine_tuning_logs_and_uses_the_pretrained_models_recipe(tinyshakespeare_
     assert record["recipe"] == "gpt2-xxs"
     assert (record["config"]["max_lr"], record["config"]["total_batch_size"]) == (3e-3, 8192)
     assert "recipe gpt2-xxs" in caplog.text
+
+
+def test_an_absurd_micro_batch_is_refused_before_anything_is_allocated(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
+    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "run", "--micro-batch-size=100000000",
+                            "--total-batch-size=3200000000"))
+    assert_one_line_error(result, "a micro batch of 100,000,000 x 32 tokens", "lower --micro-batch-size")
+
+
+def test_a_missing_hellaswag_file_fails_before_the_log_is_written(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
+    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "run", "--hellaswag-samples=2",
+                            f"--hellaswag-file={tmp_path / 'nope.jsonl'}"))
+    assert_one_line_error(result, "nope.jsonl")
+    assert not (tmp_path / "run" / "train_log.jsonl").exists()
+
+
+def test_more_validation_steps_than_the_split_holds_finish_after_one_pass(tinyshakespeare_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    import json
+
+    train(_config(tinyshakespeare_dir, tmp_path, validation_steps=10**12, max_steps=2, warmup_steps=1,
+                  micro_batch_size=64, total_batch_size=2048))  # the validation split has 17 such batches
+    vals = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines() if '"val"' in line]
+    assert len(vals) == 2 and all(v["val_loss"] > 0 for v in vals)

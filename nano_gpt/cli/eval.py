@@ -13,6 +13,7 @@ from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, Pre
 from nano_gpt.data import DEFAULT_DATASET_DIR, ShardLoader
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import HellaSwagResult, evaluate_hellaswag, load_hellaswag, validation_loss
+from nano_gpt.eval.validation import steps_within_split
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.tokenizer import VOCAB_SIZE, is_gpt2
 from nano_gpt.runtime import Runtime
@@ -59,10 +60,7 @@ def eval_model(
         check_fits(forward_bytes(model.config, batch_size, T, runtime.dtype), runtime.device,
                    f"a validation batch of {batch_size:,} x {T} tokens", "lower --batch-size or --sequence-length")
         loader = ShardLoader(dataset_dir, dataset, "validation", batch_size, T)
-        if validation_steps > loader.steps_per_epoch:  # more would measure the same batches again
-            logger.info("--validation-steps=%d is more than the %d batches of the validation split; measuring those",
-                        validation_steps, loader.steps_per_epoch)
-            validation_steps = loader.steps_per_epoch
+        validation_steps = steps_within_split(loader, validation_steps)
 
     hellaswag = None
     if examples is not None:

@@ -1,5 +1,6 @@
 """Validation loss: the mean loss over the first batches of a held-out split."""
 
+import logging
 from typing import Protocol
 
 import torch
@@ -8,12 +9,26 @@ from nano_gpt.runtime import autocast
 from nano_gpt.distributed import all_reduce_mean
 
 
+logger = logging.getLogger(__name__)
+
+
 class BatchLoader(Protocol):
     """What validation needs of a loader (`nano_gpt.data.ShardLoader` is one)."""
+
+    steps_per_epoch: int
 
     def reset(self) -> None: ...
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def steps_within_split(loader: BatchLoader, steps: int) -> int:
+    """`steps`, or the split's batch count where that is fewer: more would measure the same batches again (and a
+    huge count would never finish)."""
+    if steps > loader.steps_per_epoch:
+        logger.info("--validation-steps=%d is more than the %d batches of the validation split; measuring those",
+                    steps, loader.steps_per_epoch)
+    return min(steps, loader.steps_per_epoch)
 
 
 def validation_loss(

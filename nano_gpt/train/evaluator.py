@@ -10,6 +10,7 @@ from torch import nn
 
 from nano_gpt.data import ShardLoader
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.eval.validation import steps_within_split
 from nano_gpt.eval import HellaSwagExample, evaluate_hellaswag, load_hellaswag, validation_loss
 from nano_gpt.generate import generate
 from nano_gpt.model import GPT
@@ -42,13 +43,15 @@ def load_training_hellaswag(config: TrainConfig) -> list[HellaSwagExample] | Non
 class Evaluator:
     """Runs the evaluations and logs them; built before step 0, so missing data fails at start."""
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, forward: nn.Module, log: RunLog | None) -> None:
-        self.config, self.runtime, self.model, self.forward, self.log = config, runtime, model, forward, log
+    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, forward: nn.Module) -> None:
+        self.config, self.runtime, self.model, self.forward = config, runtime, model, forward
+        self.log: RunLog | None = None  # set once the run's log exists (on the main process)
         self.val_loader = None
         if config.validation_steps > 0:
             self.val_loader = ShardLoader(Path(config.dataset_dir), config.dataset, "validation",
                                           config.micro_batch_size, config.sequence_length,
                                           rank=runtime.rank, world_size=runtime.world_size)
+            self.validation_steps = steps_within_split(self.val_loader, config.validation_steps)
         self.hellaswag = load_training_hellaswag(config)
 
     def __call__(self, step: int) -> dict[str, float]:
@@ -58,7 +61,7 @@ class Evaluator:
         self.model.eval()
         if self.val_loader is not None:
             # The (maybe compiled) training forward sees the training shapes again: no recompilation.
-            val = validation_loss(self.forward, self.val_loader, self.config.validation_steps, self.runtime.device,
+            val = validation_loss(self.forward, self.val_loader, self.validation_steps, self.runtime.device,
                                   self.runtime.dtype)
             metrics["val_loss"] = val
             self._record("val", step, tokens=tokens, val_loss=val)

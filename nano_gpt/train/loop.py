@@ -22,6 +22,7 @@ from nano_gpt.checkpoint import checkpoint_path, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
 from nano_gpt.parallel import parallelize
 from nano_gpt.pretrained import load_pretrained
@@ -111,6 +112,10 @@ class _Trainer:
                  resume_file: Path | None) -> None:
         self.config, self.runtime, self.resume_file = config, runtime, resume_file
         self.grad_accum = config.grad_accum_steps(runtime.world_size)
+        # A lower bound (the logits and one layer's activations), so an absurd micro batch fails here, not in step 0.
+        check_fits(forward_bytes(model.config, config.micro_batch_size, config.sequence_length, runtime.dtype),
+                   runtime.device, f"a micro batch of {config.micro_batch_size:,} x {config.sequence_length} tokens",
+                   "lower --micro-batch-size (accumulation keeps --total-batch-size)")
         loader = ShardLoader(Path(config.dataset_dir), config.dataset, "train", config.micro_batch_size,
                              config.sequence_length, rank=runtime.rank, world_size=runtime.world_size,
                              shuffle=config.shuffle, seed=config.seed)
@@ -124,8 +129,9 @@ class _Trainer:
             self.state.load_state_dict(checkpoint, resume_file)
             logger.info("resuming from %s at step %d", resume_file, self.state.step + 1)
             _warn_if_changed(checkpoint["train_config"], config)
+        self.evaluator = Evaluator(config, runtime, model, self.forward)  # loads its data: may fail, so first
         self.log = RunLog(Path(config.log_file), checkpoint["step"] if checkpoint else None) if runtime.is_main else None
-        self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)
+        self.evaluator.log = self.log
         self._announce(model, recipe, checkpoint is None)
 
     def _announce(self, model: GPT, recipe: str, new_run: bool) -> None:
