@@ -6,7 +6,6 @@ tokenizer, if it has one that is not GPT-2's. A file is a checkpoint of nano-gpt
 (see `nano_gpt.checkpoint.model_from_checkpoint`), so `train --pretrained=ckpt.pt` fine-tunes from it.
 """
 
-import json
 import logging
 import socket
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from nano_gpt.checkpoint import model_from_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import parse_json
 from nano_gpt.hf import config_from_hf, state_dict_from_hf
 from nano_gpt.model import GPT
 from nano_gpt.sharded_checkpoint import is_sharded
@@ -107,20 +107,12 @@ def resolve_pretrained(name_or_path: str) -> Path:
 def _read_config(folder: Path) -> GPTConfig:
     file = folder / "config.json"
     try:
-        text = file.read_bytes().decode("utf-8")
-        hf = json.loads(text)
+        raw = file.read_bytes()
     except FileNotFoundError as e:
         raise NanoGPTError(f"no config.json in {folder}; is it a Hugging Face GPT-2 model folder?") from e
     except OSError as e:
         raise NanoGPTError(f"cannot read {file} ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise NanoGPTError(f"{file} is not UTF-8 text (byte {e.start}); a config.json is a JSON object") from e
-    except json.JSONDecodeError as e:
-        raise NanoGPTError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
-    except RecursionError as e:
-        raise NanoGPTError(f"{file} is not a GPT-2 config (JSON nested too deeply)") from e
-    except ValueError as e:  # Python's limit on the digits of an integer
-        raise NanoGPTError(f"{file} is not a GPT-2 config (a number with too many digits)") from e
+    hf = parse_json(raw, str(file), "a config.json is a JSON object of GPT-2 config fields")
     if not isinstance(hf, dict):
         raise NanoGPTError(f"{file} is a JSON {type(hf).__name__}, not an object of GPT-2 config fields")
     return config_from_hf(hf, source=str(file))

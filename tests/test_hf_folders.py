@@ -81,8 +81,8 @@ def test_config_json_fields_get_transformers_defaults(tmp_path: Path) -> None:
     ("content", "fragments"),
     [
         (b"[1, 2]", ["is a JSON list, not an object"]),
-        (b"\xff\xfe{\x00}\x00", ["is not UTF-8"]),
-        (b'{"n_head": 6,', ["is not valid JSON", "line 1"]),
+        (b"\xff\xfe{\x00}\x00", ["not UTF-8"]),
+        (b'{"n_head": 6,', ["not valid JSON", "line 1"]),
         (b"[" * 100_000, ["nested too deeply"]),
         ({"n_head": 0}, ["n_head=0 is out of range"]),
         ({"n_head": 5}, ["n_head=5 does not divide n_embd=48"]),

@@ -16,7 +16,6 @@ rounding), with less than half the work of the reproduction's one example per (4
 """
 
 import functools
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from nano_gpt.cache import cached_download
 from nano_gpt.runtime import autocast
 from nano_gpt.distributed import all_reduce_sum
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import parse_json
 from nano_gpt.model import GPT
 from nano_gpt.tokenizer import Tokenizer, check_ids_fit, get_tokenizer
 
@@ -85,16 +85,7 @@ class HellaSwagResult:
 
 
 def _parse_line(line: bytes, where: str) -> HellaSwagExample:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise NanoGPTError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); {_FORMAT}") from e
-    except UnicodeDecodeError as e:
-        raise NanoGPTError(f"{where}: not valid JSON (not UTF-8); {_FORMAT}") from e
-    except RecursionError as e:
-        raise NanoGPTError(f"{where}: not valid JSON (nested too deeply); {_FORMAT}") from e
-    except ValueError as e:  # Python's limit on the digits of an integer
-        raise NanoGPTError(f"{where}: not valid JSON (a number with too many digits); {_FORMAT}") from e
+    obj = parse_json(line, where, _FORMAT)
     if not isinstance(obj, dict):
         raise NanoGPTError(f"{where}: not a JSON object; {_FORMAT}")
     ctx, endings, label = obj.get("ctx"), obj.get("endings"), obj.get("label")
