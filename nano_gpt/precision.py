@@ -116,20 +116,21 @@ def _save(path: Path, key: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
-def cpu_precision(n_embd: int, vocab_size: int, purpose: str) -> tuple[torch.dtype, str]:
+def cpu_precision(n_embd: int, vocab_size: int, purpose: str, remeasure: bool = False) -> tuple[torch.dtype, str]:
     """torch.bfloat16 or torch.float32 for a model of this width and vocabulary on this CPU, and a one-line
     reason with the measured figures.
 
     `purpose` is "train" (also evaluation: compute bound) or "decode" (generation: weight-bandwidth bound).
     bf16 is chosen when it is at least MARGIN faster. The first call for a shape measures (a fraction of a
-    second); later ones read the cached verdict.
+    second); later ones read the cached verdict, unless `remeasure` (the benchmark's fresh figures; a
+    verdict measured while other jobs loaded the machine is replaced the same way).
     """
     if purpose not in ("train", "decode"):
         raise ValueError(f"purpose must be 'train' or 'decode', got {purpose!r}")
     path = cache_dir() / CACHE_FILE
     key = (f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {purpose} | "
            f"n_embd {n_embd} | vocab {vocab_size}")
-    measured = _load(path).get(key)
+    measured = None if remeasure else _load(path).get(key)
     where = f"cached in {path}"
     if measured is None:
         measured = _measure(n_embd, vocab_size, purpose)  # type: ignore[arg-type]

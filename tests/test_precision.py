@@ -34,9 +34,11 @@ def test_the_verdict_is_measured_once_then_read_from_the_cache(cache: Path, monk
     assert f"measured, cached in {cache}" in first[1] and f"(cached in {cache})" in second[1]
     (key,) = json.loads(cache.read_text())
     assert "torch " + torch.__version__ in key and "n_embd 256" in key and "train" in key
+    assert f"measured, cached in {cache}" in precision.cpu_precision(256, 50304, "train", remeasure=True)[1]
+    assert len(calls) == 2
     precision.cpu_precision(256, 50304, "decode")  # another purpose is another verdict
     precision.cpu_precision(512, 50304, "train")  # and so is another shape
-    assert len(calls) == 3 and len(json.loads(cache.read_text())) == 3
+    assert len(calls) == 4 and len(json.loads(cache.read_text())) == 3
 
 
 @pytest.mark.parametrize(
