@@ -272,11 +272,14 @@ def test_a_missing_hellaswag_file_fails_before_the_log_is_written(tinyshakespear
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
 
 
-def test_more_validation_steps_than_the_split_holds_finish_after_one_pass(tinyshakespeare_dir: Path,
-                                                                            tmp_path: Path) -> None:
-    import json
+def test_more_validation_steps_than_the_split_holds_are_capped_at_one_pass(tinyshakespeare_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from nano_gpt.data import ShardLoader
+    from nano_gpt.model import GPT
+    from nano_gpt.train.evaluator import Evaluator
 
-    train(_config(tinyshakespeare_dir, tmp_path, validation_steps=10**12, max_steps=2, warmup_steps=1,
-                  micro_batch_size=64, total_batch_size=2048))  # the validation split has 17 such batches
-    vals = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines() if '"val"' in line]
-    assert len(vals) == 2 and all(v["val_loss"] > 0 for v in vals)
+    config = _config(tinyshakespeare_dir, tmp_path, validation_steps=10**12, micro_batch_size=64).resolved()
+    model = GPT(PRESETS["gpt2-xxs"])
+    evaluator = Evaluator(config, Runtime(torch.device("cpu"), torch.float32, "test"), model, model)
+    split = ShardLoader(tinyshakespeare_dir, "tinyshakespeare", "validation", 64, 32)
+    assert evaluator.validation_steps == split.steps_per_epoch == 17  # not 10**12 batches, forever
