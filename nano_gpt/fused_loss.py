@@ -36,15 +36,20 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, N, chunk_rows):
             end = min(start + chunk_rows, N)
             h = hidden[start:end].to(compute_dtype)  # (n, C)
-            t, v = safe_targets[start:end, None], valid[start:end, None]  # (n, 1)
-            logp = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (n, V); the softmax over 50k columns wants fp32
-            loss_sum = loss_sum - torch.where(v, logp.gather(1, t), 0.0).sum()
+            t, v = safe_targets[start:end], valid[start:end, None]  # (n,), (n, 1)
+            logits = (h @ w.t()).float()  # (n, V); the softmax over 50k columns wants fp32
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+            loss_sum = loss_sum + torch.where(v, lse - logits.gather(1, t[:, None]), 0.0).sum()
             if need_hidden or need_weight:
-                # d(sum of row losses)/d(logits) = softmax - one_hot(target), in place over the chunk. Unscaled
-                # (entries in [-1, 1]) so that even fp16 matmuls keep them; 1/count is applied in fp32 below.
+                # d(sum of row losses)/d(logits) = softmax - one_hot(target), in fp32, then in the compute dtype.
+                # Unscaled (entries in [-1, 1]) so that even fp16 keeps them; 1/count is applied in fp32 below.
+                if torch.compiler.is_compiling():  # one fused pass over the chunk: exp, one-hot, cast
+                    one_hot = torch.arange(logits.shape[1], device=logits.device) == t[:, None]  # (n, V)
+                    grad = ((logits - lse).exp() - one_hot.float()).to(compute_dtype)
+                else:  # eager: in place over the logits; the one-hot part touches one entry a row
+                    grad = logits.sub_(lse).exp_().scatter_add_(1, t[:, None], torch.full_like(lse, -1.0))
+                    grad = grad.to(compute_dtype)  # (n, V)
                 # Ignored rows are zeroed through the (n, C) operands, not through the (n, V) gradient.
-                grad = logp.exp_().scatter_add_(1, t, torch.full_like(t, -1.0, dtype=logp.dtype))
-                grad = grad.to(compute_dtype)  # (n, V)
                 if need_hidden:
                     grad_hidden[start:end] = (grad @ w).float() * v  # (n, C)
                 if need_weight:

@@ -156,3 +156,11 @@ def test_a_second_backward_through_the_same_loss_is_refused_not_silently_rescale
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
+
+
+def test_without_gradients_only_the_logits_matmul_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    hidden, weight, targets = inputs(n=1000)
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 1000)
+    with torch.no_grad(), CountMatmuls() as matmuls:
+        linear_cross_entropy(hidden, weight, targets)
+    assert matmuls.count == fused_loss.MAX_CHUNKS  # validation skips the two gradient matmuls of each chunk
