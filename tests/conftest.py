@@ -1,10 +1,14 @@
 """Shared fixtures: everything runs offline on data the tests make, or skips when the real TinyShakespeare
 is neither in the download cache, nor in ../shared/data, nor downloadable."""
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -99,6 +103,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run `python -m nano_gpt ARGS` in a real process, as a user would."""
     return subprocess.run([sys.executable, "-m", "nano_gpt", *args], cwd=cwd, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """`nano-gpt ARGS` through `main`, in this process: what `run_cli` sees, without a new process's seconds of
+    imports. An exception escaping `main` reads as the traceback a user would see."""
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    argv, handlers, level = sys.argv, logging.root.handlers[:], logging.root.level
+    sys.argv = ["nano-gpt", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                from nano_gpt.cli import main
+
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except Exception:  # noqa: BLE001 - a bug: shown as the traceback it would print
+                err.write(traceback.format_exc())
+                code = 1
+    finally:
+        sys.argv = argv
+        logging.root.handlers[:], logging.root.level = handlers, level
+    out.flush()
+    err.flush()
+    return subprocess.CompletedProcess(args, code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import nano_gpt.pretrained
-from conftest import assert_one_line_error, run_cli, save_tiny_hf_gpt2
+from conftest import assert_one_line_error, run_cli, run_cli_here, save_tiny_hf_gpt2
 from nano_gpt import GPT, GPTConfig, generate, get_tokenizer, load_pretrained
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag
@@ -150,17 +150,17 @@ def test_bad_files_through_the_cli_are_one_error_line(tmp_path: Path, tiny_hf_di
     folder = tmp_path / "m"
     shutil.copytree(tiny_hf_dir, folder)
     (folder / "config.json").write_text(json.dumps({**_config_dict(folder), "n_head": 0}))
-    assert_one_line_error(run_cli("sample", f"--pretrained={folder}", "--device=cpu"), "config.json", "n_head=0")
+    assert_one_line_error(run_cli_here("sample", f"--pretrained={folder}", "--device=cpu"), "config.json", "n_head=0")
     bin_folder = save_tiny_hf_gpt2(tmp_path / "b", as_bin=True)
     torch.save({"hook": _RunsCode(tmp_path / "ran")}, bin_folder / "pytorch_model.bin")
-    assert_one_line_error(run_cli("eval", f"--pretrained={bin_folder}", "--validation-steps=0",
+    assert_one_line_error(run_cli_here("eval", f"--pretrained={bin_folder}", "--validation-steps=0",
                                   "--hellaswag-samples=0"), "pytorch_model.bin", "refuses to load")
     assert not (tmp_path / "ran").exists()
 
 
 def test_a_prompt_outside_the_models_vocabulary_is_one_error_line(tiny_hf_dir: Path) -> None:
     # tiny_hf_dir has 1000 tokens and no tokenizer of its own: GPT-2's ids for "Hello world" are beyond it.
-    assert_one_line_error(run_cli("sample", f"--pretrained={tiny_hf_dir}", "--device=cpu", "Hello world"),
+    assert_one_line_error(run_cli_here("sample", f"--pretrained={tiny_hf_dir}", "--device=cpu", "Hello world"),
                           "token id 15496", "vocabulary has 1000 tokens")
 
 

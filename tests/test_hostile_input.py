@@ -8,23 +8,16 @@ matters (the terminal's encoding) run as one.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import shutil
-import subprocess
-import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, files_under, run_cli, write_hellaswag_file
+from conftest import assert_one_line_error, files_under, run_cli, run_cli_here as cli, write_hellaswag_file
 from data_corpus import documents
-from nano_gpt.cli import main
 from nano_gpt.data.prepare import prepare_dataset
 from nano_gpt.train import TrainConfig, train
 
@@ -63,30 +56,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_hf_gpt2_vocab_dir: Path
     return World(root=root, hf=tiny_hf_gpt2_vocab_dir, dataset=str(corpus), data=root / "data", run=run,
                  checkpoint=next(run.glob("checkpoint_*.bin")), log=run / "train_log.jsonl",
                  hellaswag=write_hellaswag_file(root / "hellaswag.jsonl"))
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    """`nano-gpt ARGS` through `main`, in this process; an exception escaping `main` reads as the traceback
-    a user would see."""
-    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-    argv, handlers, level = sys.argv, logging.root.handlers[:], logging.root.level
-    sys.argv = ["nano-gpt", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-            except Exception:  # noqa: BLE001 - a bug: shown as the traceback it would print
-                err.write(traceback.format_exc())
-                code = 1
-    finally:
-        sys.argv = argv
-        logging.root.handlers[:], logging.root.level = handlers, level
-    out.flush()
-    err.flush()
-    return subprocess.CompletedProcess(args, code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
 
 
 def write(path: Path, content: str | bytes) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_cli_here
 from nano_gpt import load_pretrained
 from nano_gpt.config import PRESETS
 from nano_gpt.data import ShardLoader, prepare_dataset
@@ -78,5 +78,5 @@ def test_eval_runs_in_the_precision_asked_for_and_says_so(tmp_path: Path, tiny_h
 
 def test_sample_and_eval_refuse_an_unknown_precision(tiny_hf_gpt2_vocab_dir: Path) -> None:
     for command in ("sample", "eval"):
-        result = run_cli(command, f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--device=cpu", "--dtype=fp8")
+        result = run_cli_here(command, f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--device=cpu", "--dtype=fp8")
         assert_one_line_error(result, "unknown --dtype=fp8", "auto, fp32, bf16 or fp16")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli, write_hellaswag_file
+from conftest import assert_one_line_error, run_cli, run_cli_here, write_hellaswag_file
 from nano_gpt import load_pretrained
 from nano_gpt.checkpoint import load_checkpoint
 from nano_gpt.cli.train import option_name
@@ -204,7 +204,7 @@ def test_bad_train_input_is_a_one_line_error(tinyshakespeare_dir: Path, tmp_path
             "--device=cpu", "--sequence-length=32", "--micro-batch-size=4", "--total-batch-size=256",
             f"--checkpoint-dir={tmp_path}", "--hellaswag-samples=0", "--no-compile"]
     overridden = {a.split("=")[0] for a in args}
-    result = run_cli("train", *[a for a in base if a.split("=")[0] not in overridden], *args)
+    result = run_cli_here("train", *[a for a in base if a.split("=")[0] not in overridden], *args)
     assert_one_line_error(result, *fragments)
 
 

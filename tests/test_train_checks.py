@@ -10,7 +10,7 @@ import torch
 import typer
 from torch import nn
 
-from conftest import assert_one_line_error, files_under, run_cli
+from conftest import assert_one_line_error, files_under, run_cli_here
 from nano_gpt.checkpoint import load_checkpoint, save_checkpoint
 from nano_gpt.cli import app
 from nano_gpt.cli.train import option_name
@@ -58,7 +58,7 @@ def test_every_train_config_field_has_exactly_one_option_with_its_help() -> None
 
 def test_the_seeds_checkpoint_flag_resumes_from_that_file(finished_run: Path, tinyshakespeare_dir: Path,
                                                           tmp_path: Path) -> None:
-    result = run_cli(*_args(tinyshakespeare_dir, finished_run, "--checkpoint=" + str(finished_run / "checkpoint_000002.bin"),
+    result = run_cli_here(*_args(tinyshakespeare_dir, finished_run, "--checkpoint=" + str(finished_run / "checkpoint_000002.bin"),
                             "--max-steps=3"))
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stderr and "at step 3" in result.stderr  # nothing left to run
@@ -79,13 +79,13 @@ def test_the_seeds_checkpoint_flag_resumes_from_that_file(finished_run: Path, ti
 def test_numbers_out_of_range_fail_before_anything_is_written(tinyshakespeare_dir: Path, tmp_path: Path, flag: str,
                                                               fragments: list[str]) -> None:
     run = tmp_path / "run"
-    assert_one_line_error(run_cli(*_args(tinyshakespeare_dir, run, flag)), *fragments)
+    assert_one_line_error(run_cli_here(*_args(tinyshakespeare_dir, run, flag)), *fragments)
     assert not run.exists() or files_under(run) == {}
 
 
 def test_a_checkpoint_dir_under_a_file_fails_at_start(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
-    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "file" / "run"))
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "file" / "run"))
     assert_one_line_error(result, "--checkpoint-dir", "not writable")
     assert "step: 0" not in result.stdout
 
@@ -96,14 +96,14 @@ def test_a_read_only_checkpoint_dir_fails_at_start(tinyshakespeare_dir: Path, tm
     run.mkdir()
     run.chmod(0o555)
     try:
-        assert_one_line_error(run_cli(*_args(tinyshakespeare_dir, run)), "--checkpoint-dir", "not writable")
+        assert_one_line_error(run_cli_here(*_args(tinyshakespeare_dir, run)), "--checkpoint-dir", "not writable")
     finally:
         run.chmod(0o755)
 
 
 def test_a_log_file_that_is_a_folder_fails_at_start(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "log").mkdir()
-    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "run", f"--log-file={tmp_path / 'log'}"))
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "run", f"--log-file={tmp_path / 'log'}"))
     assert_one_line_error(result, "--log-file", "is a folder")
 
 
@@ -111,7 +111,7 @@ def test_a_missing_validation_split_fails_at_start(tinyshakespeare_dir: Path, tm
     dataset_dir = tmp_path / "data"
     (dataset_dir / "tinyshakespeare").mkdir(parents=True)
     os.symlink(tinyshakespeare_dir / "tinyshakespeare" / "train", dataset_dir / "tinyshakespeare" / "train")
-    result = run_cli(*_args(dataset_dir, tmp_path / "run"))
+    result = run_cli_here(*_args(dataset_dir, tmp_path / "run"))
     assert_one_line_error(result, "validation", "prepare_dataset")
 
 
@@ -120,7 +120,7 @@ def test_a_missing_validation_split_fails_at_start(tinyshakespeare_dir: Path, tm
 def test_a_new_run_in_a_folder_holding_another_is_refused_and_changes_nothing(finished_run: Path,
                                                                               tinyshakespeare_dir: Path) -> None:
     before = files_under(finished_run)
-    result = run_cli(*_args(tinyshakespeare_dir, finished_run, "--seed=7"))
+    result = run_cli_here(*_args(tinyshakespeare_dir, finished_run, "--seed=7"))
     assert_one_line_error(result, "already holds a run", "--resume=auto", "--checkpoint-dir", "--overwrite")
     assert files_under(finished_run) == before
 
@@ -180,7 +180,7 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_is_wrong(finished_run: Pat
                                                                tmp_path: Path, damage: callable,
                                                                fragments: list[str]) -> None:
     bad = _damaged(finished_run / "checkpoint_000002.bin", tmp_path / "bad" / "checkpoint_000002.bin", damage)
-    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "bad", f"--resume={bad}", "--max-steps=4"))
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "bad", f"--resume={bad}", "--max-steps=4"))
     assert_one_line_error(result, str(bad), *fragments)
 
 
@@ -260,13 +260,13 @@ def test_fine_tuning_logs_and_uses_the_pretrained_models_recipe(tinyshakespeare_
 
 
 def test_an_absurd_micro_batch_is_refused_before_anything_is_allocated(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
-    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "run", "--micro-batch-size=100000000",
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "run", "--micro-batch-size=100000000",
                             "--total-batch-size=3200000000"))
     assert_one_line_error(result, "a micro batch of 100,000,000 x 32 tokens", "lower --micro-batch-size")
 
 
 def test_a_missing_hellaswag_file_fails_before_the_log_is_written(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
-    result = run_cli(*_args(tinyshakespeare_dir, tmp_path / "run", "--hellaswag-samples=2",
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "run", "--hellaswag-samples=2",
                             f"--hellaswag-file={tmp_path / 'nope.jsonl'}"))
     assert_one_line_error(result, "nope.jsonl")
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
