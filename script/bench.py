@@ -274,14 +274,17 @@ def bench_generate(device: torch.device, new_tokens: int = 100, sequences: int =
                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=50256)
 
     tokens = new_tokens * sequences
-    eager_first, eager_dt = _time_steps(our_generate(False), 3, 1, device)
-    compiled_first, compiled_dt = _time_steps(our_generate(True), 3, 1, device)
+    _, eager_dt = _time_steps(our_generate(False), 3, 1, device)
+    start = time.perf_counter()  # compiling is timed on the wall clock: Inductor compiles in worker processes
+    our_generate(True)()
+    compile_s = time.perf_counter() - start
+    _, compiled_dt = _time_steps(our_generate(True), 3, 0, device)
     _, hf_dt = _time_steps(hf_generate, 2, 1, device)
     ours_dt = eager_dt  # generate's default: the compiled step is opt-in
     bandwidth = copy_bandwidth(device)
     weight_bytes = _weight_bytes(ours)
     return {"ours_tok_s": tokens / ours_dt, "eager_tok_s": tokens / eager_dt, "compiled_tok_s": tokens / compiled_dt,
-            "compile_s": compiled_first - compiled_dt, "hf_tok_s": tokens / hf_dt,
+            "compile_s": compile_s, "hf_tok_s": tokens / hf_dt,
             "ratio": hf_dt / ours_dt, "ratio_compiled": hf_dt / compiled_dt, "dtype": runtime.dtype_name,
             "dtype_reason": runtime.dtype_reason, "weight_bytes": weight_bytes, "copy_bytes_s": bandwidth,
             "bandwidth_share": weight_bytes * new_tokens / ours_dt / bandwidth,
@@ -401,7 +404,7 @@ def _bench_generate(device: torch.device, bf16_pays: bool, table: Table, console
                   f"{100 * r['bandwidth_share']:.0f}% of copy bandwidth)", f"{r['ours_tok_s']:,.1f}",
                   f"{r['hf_tok_s']:,.1f} (transformers generate, fp32)", f"{r['ratio']:.2f}x", f">= {target}x",
                   verdict(r["ratio"], target))
-    table.add_row(f"  the same with generate(compile=True) (compiling took {r['compile_s']:.0f} s once; "
+    table.add_row(f"  the same with generate(compile=True) (the first call, compiling, took {r['compile_s']:.0f} s; "
                   f"{100 * r['bandwidth_share_compiled']:.0f}% of copy bandwidth)", f"{r['compiled_tok_s']:,.1f}",
                   f"eager: {r['eager_tok_s']:,.1f}", f"{r['ratio_compiled']:.2f}x", f">= {target}x",
                   verdict(r["ratio_compiled"], target))
@@ -421,7 +424,7 @@ def _bench_prepare(device: torch.device, bf16_pays: bool, table: Table, console:
     from bench_prepare import bench_prepare
 
     r = bench_prepare()
-    table.add_row(f"prepare_dataset, tok/s ({r['num_workers']} workers)", f"{r['prepare_tokens_per_s']:,}",
+    table.add_row(f"prepare_dataset, tok/s ({r['num_workers']} workers, wall clock: needs idle cores)", f"{r['prepare_tokens_per_s']:,}",
                   f"{r['single_thread_tokens_per_s']:,} (tiktoken, 1 thread)", f"{r['speedup']:.2f}x", ">= 1.6x",
                   verdict(r["speedup"], 1.6))
 
