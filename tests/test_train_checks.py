@@ -249,7 +249,8 @@ def test_fine_tuning_logs_and_uses_the_pretrained_models_recipe(tinyshakespeare_
 
     # --model says gpt2-xl, but the pretrained model is tiny: its schedule is gpt2-xxs's.
     config = _config(tinyshakespeare_dir, tmp_path, model="gpt2-xl", pretrained=str(tiny_hf_gpt2_vocab_dir),
-                     max_lr=None, max_steps=None, warmup_steps=None, total_batch_size=None, stop_at_step=0)
+                     max_lr=None, max_steps=None, warmup_steps=None, total_batch_size=None, stop_at_step=0,
+                     micro_batch_size=128)  # the recipe's 8,192 tokens in 2 micro-steps of 128 x 32
     with caplog.at_level("INFO"):
         train(config)
     [record] = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()
