@@ -15,6 +15,7 @@ from nano_gpt.checkpoint import load_checkpoint, save_checkpoint
 from nano_gpt.cli import app
 from nano_gpt.cli.train import option_name
 from nano_gpt.config import PRESETS, GPTConfig
+from nano_gpt.errors import NanoGPTError
 from nano_gpt.runtime import Runtime
 from nano_gpt.train import TrainConfig, train
 from nano_gpt.train.config import recipe_for
@@ -284,3 +285,22 @@ def test_more_validation_steps_than_the_split_holds_are_capped_at_one_pass(tinys
     evaluator = Evaluator(config, Runtime(torch.device("cpu"), torch.float32, "test"), model, model)
     split = ShardLoader(tinyshakespeare_dir, "tinyshakespeare", "validation", 64, 32)
     assert evaluator.validation_steps == split.steps_per_epoch == 17  # not 10**12 batches, forever
+
+
+def test_offline_without_a_hellaswag_copy_training_warns_once_and_goes_on(tinyshakespeare_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import nano_gpt.train.evaluator
+
+    def offline(path: object = None, limit: object = None) -> None:
+        raise NanoGPTError("cannot download hellaswag_val.jsonl (no network)")
+
+    monkeypatch.setattr(nano_gpt.train.evaluator, "load_hellaswag", offline)
+    by_default = _config(tinyshakespeare_dir, tmp_path / "default", hellaswag_samples=None, max_steps=2,
+                         warmup_steps=1)
+    with caplog.at_level("WARNING"):
+        assert train(by_default).last_step == 1
+    assert caplog.text.count("HellaSwag is skipped: cannot download") == 1
+    asked_for = dataclasses.replace(by_default, checkpoint_dir=str(tmp_path / "asked"), hellaswag_samples=5)
+    with pytest.raises(NanoGPTError, match="cannot download"):
+        train(asked_for)
