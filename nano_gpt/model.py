@@ -26,7 +26,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE_INIT = True
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0,
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int | torch.Tensor = 0,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -67,7 +67,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int = 0,
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: int | torch.Tensor = 0,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, input_pos, mask)
         return x + self.mlp(self.ln_2(x))

@@ -32,7 +32,7 @@ def eval_model(
     sequence_length: Annotated[Optional[int], typer.Option(min=1, help="Tokens per validation sequence; default: the model's context.")] = None,
     hellaswag_samples: Annotated[Optional[int], typer.Option("--hellaswag-samples", "--hellaswag_samples", min=0, help="Score the first N HellaSwag examples (default all 10,042; 0 skips HellaSwag).")] = None,
     hellaswag_file: Annotated[Optional[Path], typer.Option(help="A local HellaSwag jsonl instead of the validation set downloaded into the cache.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="HellaSwag examples, or validation sequences, per forward pass (a validation batch of 8 x 1024 tokens makes 1.6 GB of logits).")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="HellaSwag examples, or validation sequences, per forward pass.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     micro_batch_size: Annotated[Optional[int], typer.Option(min=1, hidden=True)] = None,  # the seed's --batch-size
 ) -> None:
