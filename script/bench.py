@@ -32,7 +32,7 @@ from nano_gpt.runtime import Runtime, resolve_device  # noqa: E402
 from nano_gpt.train.optim import make_optimizer  # noqa: E402
 from nano_gpt.train.step import train_step  # noqa: E402
 
-# Wall-clock seconds, or with --clock=cpu this process's CPU seconds: on a machine whose cores other jobs share,
+# Wall-clock seconds, or with --clock=cpu this process's CPU seconds: on a machine whose cores other processes share,
 # a single-threaded run timed in CPU seconds still measures the work, where wall-clock time does not.
 CLOCK: Callable[[], float] = time.perf_counter
 TRAIN_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=50304)
@@ -336,7 +336,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's choice, all cores)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time in wall-clock seconds, or in this process's CPU seconds (with --threads=1 on a "
-                             "machine whose cores other jobs share)")
+                             "machine whose cores other processes share)")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
