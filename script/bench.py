@@ -105,21 +105,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time_steps(step: callable, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(seconds of the first call, median seconds per call after warmup)."""
+def _timed(step: callable, device: torch.device) -> float:
+    """Seconds one call takes, queued device work included."""
     t0 = CLOCK()
     step()
     _sync(device)
-    first = CLOCK() - t0
+    return CLOCK() - t0
+
+
+def _time_steps(step: callable, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds of the first call, median seconds per call after warmup)."""
+    first = _timed(step, device)
     for _ in range(warmup - 1):
         step()
-    times = []
-    for _ in range(steps):
-        t0 = CLOCK()
-        step()
-        _sync(device)
-        times.append(CLOCK() - t0)
-    return first, sorted(times)[len(times) // 2]
+    times = sorted(_timed(step, device) for _ in range(steps))
+    return first, times[len(times) // 2]
 
 
 def _train_runtime(device: torch.device, dtype: str = "auto") -> Runtime:
@@ -156,10 +156,7 @@ def _our_trainer(runtime: Runtime, lr: float, use_compile: bool, plain_loss: boo
 def _measure_step(step: callable, device: torch.device, steps: int, warmup: int = 2) -> dict:
     """Median seconds a step after `warmup` steps (compilation, optimizer state), the first step's seconds,
     and the peak memory of the timed steps above what is held between steps (weights, gradients, optimizer)."""
-    t0 = CLOCK()
-    step()
-    _sync(device)
-    first = CLOCK() - t0
+    first = _timed(step, device)
     for _ in range(warmup - 1):
         step()
     with PeakMemory(device) as mem:
