@@ -242,28 +242,35 @@ def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None
     train = facts.train_config
     dataset = train.get("dataset") if isinstance(train.get("dataset"), str) else None
     hub_dataset = _hub_dataset(dataset) if dataset else None
-    base_model = _base_model(train.get("pretrained"))
     data = ModelCardData(
         library_name="transformers",
         license=license,
         tags=["gpt2", "text-generation", "nano-gpt"],
         datasets=[hub_dataset] if hub_dataset else None,
         pipeline_tag="text-generation",
-        base_model=base_model,
+        base_model=_base_model(train.get("pretrained")),
     )
-    c = facts.config
-    sections = [f"# {name}"]
+    sections = [f"# {name}", _summary(facts, dataset), _model_section(facts), _training_section(facts, dataset),
+                _results_section(facts, plot_file), _settings_section(train), _hardware_section(facts.run),
+                _usage_section(facts.config, repo_id or f"./{name}")]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(x for x in sections if x) + "\n").content
+
+
+def _summary(facts: CardFacts, dataset: str | None) -> str:
+    train = facts.train_config
     if facts.step is not None:
         origin = f"fine-tuned from `{train['pretrained']}`" if train.get("pretrained") else "trained from scratch"
         on = f" on {DATASET_NAMES.get(dataset, f'`{dataset}`')}" if dataset else ""
-        sections.append(f"A GPT-2 language model with {_count(facts.parameters)} parameters, {origin}{on} with nano-gpt.")
-    elif facts.source:
-        sections.append(f"GPT-2 weights from `{facts.source}` ({_count(facts.parameters)} parameters), "
-                        "exported as a Hugging Face model folder with nano-gpt.")
-    else:
-        sections.append(f"A GPT-2 language model with {_count(facts.parameters)} parameters, exported with nano-gpt.")
+        return f"A GPT-2 language model with {_count(facts.parameters)} parameters, {origin}{on} with nano-gpt."
+    if facts.source:
+        return (f"GPT-2 weights from `{facts.source}` ({_count(facts.parameters)} parameters), "
+                "exported as a Hugging Face model folder with nano-gpt.")
+    return f"A GPT-2 language model with {_count(facts.parameters)} parameters, exported with nano-gpt."
 
-    sections.append("## Model\n\n" + _table([
+
+def _model_section(facts: CardFacts) -> str:
+    c = facts.config
+    return "## Model\n\n" + _table([
         ("Architecture", "GPT-2 (decoder-only transformer, `GPT2LMHeadModel`)"),
         ("Parameters", f"{facts.parameters:,} (input and output embeddings tied)"),
         ("Layers", str(c.n_layer)),
@@ -272,8 +279,11 @@ def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None
         ("Context length", f"{c.block_size} tokens"),
         ("Vocabulary", f"{VOCAB_SIZE:,} tokens (GPT-2's BPE tokenizer)"),
         *([("Source", f"`{facts.source}`")] if facts.source else []),
-    ]))
+    ])
 
+
+def _training_section(facts: CardFacts, dataset: str | None) -> str:
+    train = facts.train_config
     training: list[tuple[str, str]] = []
     if dataset:
         training.append(("Dataset", DATASET_NAMES.get(dataset, f"`{dataset}`")))
@@ -284,9 +294,10 @@ def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None
     if facts.step is not None:
         total = _int(train.get("max_steps"))
         training.append(("Optimizer steps", f"{facts.step + 1:,}" + (f" of {total:,} scheduled" if total else "")))
-    if training:
-        sections.append("## Training\n\n" + _table(training))
+    return "## Training\n\n" + _table(training) if training else ""
 
+
+def _results_section(facts: CardFacts, plot_file: str | None) -> str:
     results: list[tuple[str, str]] = []
     if facts.train_loss is not None:
         results.append(("Train loss (last step)", f"{facts.train_loss:.4f}"))
@@ -303,15 +314,20 @@ def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None
         text = "## Results\n\n" + (_table(results) if results else "")
         if plot_file:
             text += f"\n\n![Loss, HellaSwag accuracy and learning rate during training]({plot_file})"
-        sections.append(text.replace("\n\n\n", "\n\n"))
+        return text.replace("\n\n\n", "\n\n")
+    return ""
 
+
+def _settings_section(train: dict[str, Any]) -> str:
     settings = [(f"`{k}`", f"`{v}`") for k, v in train.items() if k not in _LOCAL_SETTINGS and v is not None]
-    if settings:
-        sections.append("## Training settings\n\nThe `nano-gpt train` settings of the run, as the checkpoint "
-                        "recorded them.\n\n" + _table(settings))
+    if not settings:
+        return ""
+    return ("## Training settings\n\nThe `nano-gpt train` settings of the run, as the checkpoint recorded them.\n\n"
+            + _table(settings))
 
+
+def _hardware_section(run: dict[str, Any]) -> str:
     hardware: list[tuple[str, str]] = []
-    run = facts.run
     if run.get("device") is not None:
         hardware.append(("Device", f"`{run['device']}`"))
     if run.get("dtype") is not None:
@@ -320,19 +336,18 @@ def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None
         hardware.append(("Processes", str(run["world_size"])))
     if run.get("nano_gpt_version"):
         hardware.append(("nano-gpt", str(run["nano_gpt_version"])))
-    if hardware:
-        sections.append("## Hardware\n\n" + _table(hardware))
+    return "## Hardware\n\n" + _table(hardware) if hardware else ""
 
-    model_ref = repo_id or f"./{name}"
+
+def _usage_section(c: GPTConfig, model_ref: str) -> str:
     new_tokens = max(1, min(30, c.block_size - 12))  # the prompt is 12 tokens
-    sections.append(
+    return (
         "## Usage\n\nWith `transformers`:\n\n```python\nfrom transformers import pipeline\n\n"
         f"generate = pipeline(\"text-generation\", model=\"{model_ref}\")\n"
         f"print(generate(\"{SAMPLE_PROMPT}\", max_new_tokens={new_tokens}, do_sample=True)[0][\"generated_text\"])\n"
         "```\n\nWith nano-gpt:\n\n```bash\n"
         f"nano-gpt sample --pretrained={model_ref} \"{SAMPLE_PROMPT}\"\n```"
     )
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n").content
 
 
 def read_model_card(path: str | Path) -> str:
