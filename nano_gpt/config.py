@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from nano_gpt.errors import NanoGPTError
 
+# The prompt of the GPT-2 tutorial: `sample`'s default, training's samples, the model card's usage snippet.
+SAMPLE_PROMPT = "Hello, I'm a language model,"
+
 
 @dataclass(frozen=True)
 class GPTConfig:

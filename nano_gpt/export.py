@@ -33,11 +33,11 @@ from nano_gpt.model_card import (
     PLOT_FILE,
     CardFacts,
     facts_from_model,
-    nano_gpt_version,
     render_model_card,
     training_plot,
 )
 from nano_gpt.tokenizer import VOCAB_SIZE, bpe_file
+from nano_gpt.version import nano_gpt_version
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,6 +1,8 @@
-"""Publishing an exported folder on the Hugging Face Hub (`nano-gpt export --push-to-hub=user/repo`).
+"""The Hugging Face Hub: fetching a model repo (`--pretrained=gpt2`), and publishing an exported folder
+(`nano-gpt export --push-to-hub=user/repo`).
 
-The push runs after the local export is complete, with `huggingface_hub`'s documented calls
+A model repo is downloaded into huggingface_hub's own cache (a cached one is used offline), as a folder that
+`nano_gpt.checkpoint` reads as any Hugging Face folder. The push runs after the local export is complete, with `huggingface_hub`'s documented calls
 (`create_repo(exist_ok=True)`, `create_branch` for a new revision, `upload_folder`), so a failed
 push never touches the local folder, and the message says how to retry.
 """
@@ -8,14 +10,77 @@ push never touches the local folder, and the message says how to retry.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.pretrained import hub_reachable
 
 logger = logging.getLogger(__name__)
 
 LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN to a token with write access)"
+# OpenAI's checkpoints now live under the openai-community organisation.
+HUB_ALIASES = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a Hugging Face folder's weights, preferred first
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub's host resolves: huggingface_hub retries connection errors with backoff
+    (about 20 s), so an offline machine is told at once instead."""
+    from huggingface_hub import constants
+
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _fetch(repo_id: str, local_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from nano_gpt.tokenizer import TOKENIZER_FILES
+
+    config = hf_hub_download(repo_id, "config.json", local_files_only=local_only)
+    for name in WEIGHT_FILES:
+        try:
+            hf_hub_download(repo_id, name, local_files_only=local_only)
+            break
+        except EntryNotFoundError:
+            continue
+    else:
+        raise NanoGPTError(f"{repo_id!r} on the Hugging Face Hub has no model.safetensors or pytorch_model.bin")
+    for name in TOKENIZER_FILES:  # optional: many GPT-2s on the Hub have a vocabulary of their own
+        try:
+            hf_hub_download(repo_id, name, local_files_only=local_only)
+        except EntryNotFoundError:  # LocalEntryNotFoundError included: then the repo has no such file cached
+            continue
+    return Path(config).parent
+
+
+def download_model(name: str) -> Path:
+    """The local folder of a Hub model repo (`gpt2` and the other OpenAI names are aliases), downloaded unless
+    huggingface_hub has it cached; failure is one line saying what to pass instead."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo_id = HUB_ALIASES.get(name, name)
+    try:
+        return _fetch(repo_id, local_only=True)  # already in the huggingface_hub cache
+    except (LocalEntryNotFoundError, NanoGPTError):
+        pass
+    logger.info("fetching %s from the Hugging Face Hub", repo_id)
+    try:
+        if not hub_reachable():
+            raise ConnectionError("no network")
+        return _fetch(repo_id, local_only=False)
+    except NanoGPTError:
+        raise
+    except Exception as e:  # offline, unknown repo, gated repo, HTTP errors: all mean "cannot fetch"
+        raise NanoGPTError(
+            f"could not download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}); check the name and "
+            "your connection, or pass a local folder holding config.json and model.safetensors: --pretrained=./my-gpt2"
+        ) from e
 
 
 def check_repo_id(repo_id: str) -> None:

@@ -3,8 +3,9 @@
 A card states only what the checkpoint or its run's log records: architecture and size, dataset,
 tokens and steps, the last losses and HellaSwag accuracy, the training settings and the hardware.
 Anything not recorded is left out rather than guessed. The facts come, in this order of trust, from
-the checkpoint's `metrics` and `run` dicts, then from the run's log beside the checkpoint
-(`train_log.jsonl`), cut at the checkpoint's step so a later part of the run is never claimed.
+the checkpoint's `metrics` and `run` (as `nano_gpt.checkpoint.read_checkpoint` gives them: this module
+reads no model file), then from the run's log beside the checkpoint (`train_log.jsonl`), cut at the
+checkpoint's step so a later part of the run is never claimed.
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from nano_gpt.config import GPTConfig
+from nano_gpt.checkpoint import OURS, OURS_SHARDED, Checkpoint
+from nano_gpt.config import SAMPLE_PROMPT, GPTConfig
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.hub import HUB_ALIASES
 from nano_gpt.model import GPT
-from nano_gpt.peer_checkpoints import read_checkpoint_file
-from nano_gpt.pretrained import HUB_ALIASES
-from nano_gpt.sharded_checkpoint import is_sharded, read_sharded
+from nano_gpt.runlog import LOG_FILE, TrainingLog, differing_settings, is_finite, read_log
 from nano_gpt.tokenizer import VOCAB_SIZE
-from nano_gpt.train.runlog import TrainingLog, is_finite, read_log
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,9 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PLOT_FILE = "training_log.png"
-LOG_FILE = "train_log.jsonl"
 DEFAULT_LICENSE = "mit"  # GPT-2's own license, and nano-gpt's
-SAMPLE_PROMPT = "Hello, I'm a language model,"
 
 # Our dataset names as Hub dataset ids and as words; `hf:OWNER/NAME` datasets are their own id.
 HUB_DATASETS = {"finewebedu": "HuggingFaceFW/fineweb-edu"}
@@ -47,8 +44,6 @@ DATASET_NAMES = {
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Settings that say where files were on the training machine, not how the model was trained.
 _LOCAL_SETTINGS = {"dataset_dir", "checkpoint_dir", "log_file", "resume", "hellaswag_file", "device", "overwrite"}
-# Settings that make two runs different runs: a log whose config differs in one is another run's log.
-_RUN_IDENTITY = ("model", "pretrained", "dataset", "sequence_length", "total_batch_size", "max_steps", "seed")
 
 
 @dataclass
@@ -83,35 +78,23 @@ def facts_from_model(model: GPT, source: str | None = None) -> CardFacts:
     return CardFacts(config=model.config, parameters=exported_parameters(model), source=source)
 
 
-_FACT_KEYS = ("step", "model_config", "train_config", "run", "metrics")
-
-
-def facts_from_checkpoint(path: str | Path, model: GPT) -> CardFacts:
-    """Facts from a training checkpoint and, where the checkpoint lacks them, from its run's log."""
-    path = Path(path)
-    facts = facts_from_model(model)
-    try:
-        # Only the small entries: a sharded checkpoint reads just those, a file is memory-mapped.
-        state = (read_sharded(path, _FACT_KEYS) if is_sharded(path)
-                 else read_checkpoint_file(path, mmap=True))
-    except NanoGPTError as e:
-        logger.debug("model card: no training facts in %s (%s)", path, e)
+def facts_from_checkpoint(checkpoint: Checkpoint) -> CardFacts:
+    """Facts from a training checkpoint read by `read_checkpoint` and, where it lacks them, from its run's log."""
+    facts = facts_from_model(checkpoint.model)
+    if checkpoint.format not in (OURS, OURS_SHARDED):
+        # Another project's checkpoint, or a Hugging Face folder: no run of ours to describe.
+        logger.info("model card: %s is not a nano-gpt checkpoint; the card describes the model only", checkpoint.source)
         return facts
-    if not isinstance(state, dict) or not isinstance(state.get("train_config"), dict) or "model_config" not in state:
-        # Another project's checkpoint (see nano_gpt.peer_checkpoints): its fields mean other things.
-        logger.info("model card: %s is not a nano-gpt checkpoint; the card describes the model only", path)
-        return facts
-    step = state.get("step")
-    facts.step = step if isinstance(step, int) and not isinstance(step, bool) else None
-    facts.train_config = _dict(state.get("train_config"))
-    facts.run = _dict(state.get("run"))
-    metrics = _dict(state.get("metrics"))
+    facts.step = checkpoint.step
+    facts.train_config = checkpoint.train_config
+    facts.run = checkpoint.run
+    metrics = checkpoint.metrics
     facts.tokens = _int(metrics.get("tokens"))
     facts.train_loss = _float(metrics.get("train_loss"))
     facts.val_loss = _float(metrics.get("val_loss"))
     facts.hellaswag_acc = _float(metrics.get("hellaswag_acc"))
     facts.hellaswag_acc_norm = _float(metrics.get("hellaswag_acc_norm"))
-    log = _run_log(path, facts)
+    log = _run_log(checkpoint.source, facts)
     if log is not None:
         _fill_from_log(facts, log)
     if facts.tokens is None and facts.step is not None and _int(facts.train_config.get("total_batch_size")):
@@ -123,10 +106,6 @@ def facts_from_pretrained(name: str, model: GPT) -> CardFacts:
     """Facts for re-exported pretrained weights: shape, size and source (a Hub id, or a local folder's name)."""
     folder = Path(name).expanduser()
     return facts_from_model(model, source=folder.name if folder.is_dir() else HUB_ALIASES.get(name, name))
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any) -> int | None:
@@ -147,8 +126,8 @@ def _run_log(checkpoint: Path, facts: CardFacts) -> TrainingLog | None:
     except NanoGPTError as e:
         logger.warning("model card: not using the training log (%s)", e)
         return None
-    logged = _dict(log.config.get("config"))
-    differing = [k for k in _RUN_IDENTITY if k in logged and k in facts.train_config and logged[k] != facts.train_config[k]]
+    logged = log.config.get("config")
+    differing = differing_settings(logged if isinstance(logged, dict) else {}, facts.train_config)
     if differing:
         logger.warning("model card: %s is another run's log (%s differ from the checkpoint's); not using it",
                        path, ", ".join(differing))
@@ -180,14 +159,6 @@ def _fill_from_log(facts: CardFacts, log: TrainingLog) -> None:
     if not facts.run:
         config = log.config
         facts.run = {k: config[k] for k in ("device", "dtype", "world_size") if config.get(k) is not None}
-
-
-def nano_gpt_version() -> str | None:
-    """The installed nano-gpt's version; None when running from a source tree that is not installed."""
-    try:
-        return metadata.version("nano-gpt")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def training_plot(facts: CardFacts, title: str) -> Figure | None:

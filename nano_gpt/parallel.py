@@ -9,7 +9,7 @@ plus activation checkpointing and torch.compile.
   so one shard), evenly over the ranks. A block's weights are all-gathered just before it runs and freed after;
   gradients are reduce-scattered, so each rank keeps 16/N bytes per parameter. With `--dtype=bf16` weights are
   gathered and computed in bf16 while gradients are reduced in fp32. Checkpoints become sharded folders
-  (`nano_gpt.sharded_checkpoint`).
+  (`nano_gpt.checkpoint.sharded`).
 
 With FSDP or activation checkpointing each block is compiled on its own (the FSDP all-gathers run between
 compiled blocks); otherwise the whole model (or its DDP wrapper) is, as before.

@@ -1,6 +1,6 @@
 """Drawing `nano-gpt train`'s logs: loss, HellaSwag and learning rate, several runs overlaid.
 
-Reading a log is `nano_gpt.train.runlog`'s job; this module only draws. matplotlib is an optional extra
+Reading a log is `nano_gpt.runlog`'s job; this module only draws. matplotlib is an optional extra
 (`pip install 'nano-gpt[plot]'`).
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from nano_gpt.errors import NanoGPTError
 # read_log, read_logs and summarize lived here in earlier releases; notebooks that import them from here still work.
-from nano_gpt.train.runlog import TrainingLog, format_count, read_log, read_logs, summarize
+from nano_gpt.runlog import TrainingLog, format_count, read_log, read_logs, summarize
 
 __all__ = ["auto_smoothing", "ema", "plot_logs", "read_log", "read_logs", "save_figure", "summarize"]
 

@@ -1,16 +1,13 @@
 """A GPT from a config and weights that someone else wrote, every field and shape checked first.
 
-Checkpoints, Hugging Face folders and other projects' files all end here, so a bad file is one
-line naming it and the field, and sizes are checked before anything is allocated: the config's
-fields against sane ranges, then the expected shapes (computed on the meta device, for free)
-against the tensors the file holds.
+Checkpoints, Hugging Face folders and other projects' files all end here (read by `nano_gpt.checkpoint`;
+this module reads no file), so a bad file is one line naming it and the field, and sizes are checked
+before anything is allocated: the config's fields against sane ranges, then the expected shapes
+(computed on the meta device, for free) against the tensors the file holds.
 """
 
 import math
-import pickle
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 
@@ -22,24 +19,6 @@ from nano_gpt.model import GPT
 # typo such as n_layer=10**9 is refused before the model is built.
 SIZE_LIMITS = {"block_size": 1 << 20, "vocab_size": 1 << 24, "n_layer": 1 << 10, "n_head": 1 << 12, "n_embd": 1 << 16}
 _TIED = ("lm_head.weight", "transformer.wte.weight")
-
-
-def load_plain(path: Path, what: str, map_location: str | torch.device = "cpu",
-               stand_ins: Sequence[tuple[type, str]] = (), mmap: bool = False) -> Any:
-    """What a `torch.save` file holds, unpickled with `weights_only=True`: tensors and plain data only, plus
-    `stand_ins` (a class and the pickled name it replaces). Failure is one line naming the file; `what` says
-    what it should have been. `mmap` maps tensors instead of reading them, for callers that want the small parts."""
-    try:
-        with torch.serialization.safe_globals(list(stand_ins)):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        # The weights-only unpickler names the class or function it stopped at; bad bytes are "Unsupported operand".
-        if any(s in str(e) for s in ("GLOBAL", "unrecognized function", "Can only")):
-            raise NanoGPTError(f"cannot read {path}: it pickles objects other than tensors and plain data, which "
-                               "nano-gpt refuses to load (unpickling them could run code)") from e
-        raise NanoGPTError(f"cannot read {path}: the file is corrupt or not {what}") from e
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise NanoGPTError(f"cannot read {path}: the file is corrupt or not {what}") from e
 
 
 def config_from_fields(fields: Mapping, source: str, names: Mapping[str, str] | None = None) -> GPTConfig:

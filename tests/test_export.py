@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 import nano_gpt.export
 from conftest import assert_one_line_error, run_cli
 from nano_gpt import GPT, GPTConfig, generate, get_tokenizer, load_pretrained
-from nano_gpt.checkpoint import model_from_checkpoint
+from nano_gpt.checkpoint import load_model
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.export import export_model
 from nano_gpt.tokenizer import VOCAB_SIZE
@@ -66,7 +66,7 @@ def test_export_writes_a_complete_gpt2_folder_in_openai_layout(exported_dir: Pat
 def test_transformers_gives_the_checkpoint_logits(exported_dir: Path, trained_checkpoint: Path) -> None:
     idx = torch.randint(0, VOCAB_SIZE, (2, 50), generator=torch.Generator().manual_seed(3))
     hf = AutoModelForCausalLM.from_pretrained(exported_dir).eval()
-    ours = model_from_checkpoint(trained_checkpoint)
+    ours = load_model(trained_checkpoint)
     with torch.no_grad():
         expected = ours(idx)[0][..., :VOCAB_SIZE]  # (B, T, 50257): the real tokens' columns
         got = hf(idx).logits
@@ -151,7 +151,7 @@ def _fail(*args: object) -> None:
 def test_a_failed_export_keeps_the_old_folder_and_leaves_no_temp_files(
     trained_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = model_from_checkpoint(trained_checkpoint)
+    model = load_model(trained_checkpoint)
     export_dir = tmp_path / "export"
     export_dir.mkdir()
     (export_dir / "README.md").write_text("old")  # a previous export, which --force may replace

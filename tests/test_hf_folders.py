@@ -12,14 +12,14 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-import nano_gpt.pretrained
+import nano_gpt.hub
 from conftest import assert_one_line_error, run_cli, run_cli_here, save_tiny_hf_gpt2
 from nano_gpt import GPT, GPTConfig, generate, get_tokenizer, load_pretrained
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag
 from nano_gpt.export import export_model
 from nano_gpt.hf import CONV1D_WEIGHTS
-from nano_gpt.pretrained import load_pretrained_with_tokenizer
+from nano_gpt.checkpoint import read_checkpoint
 from nano_gpt.tokenizer import HFTokenizer, bpe_file, load_tokenizer
 
 SPANISH = ["El perro come pan en la casa.", "¿Cómo estás? Muy bien, gracias.", "La niña lee un libro rojo.",
@@ -187,7 +187,8 @@ def spanish_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_folders_own_tokenizer_is_used(spanish_dir: Path) -> None:
-    model, tokenizer = load_pretrained_with_tokenizer(str(spanish_dir))
+    loaded = read_checkpoint(str(spanish_dir))
+    model, tokenizer = loaded.model, loaded.tokenizer()
     reference = AutoTokenizer.from_pretrained(spanish_dir)
     assert isinstance(tokenizer, HFTokenizer) and tokenizer.n_vocab == model.config.vocab_size == len(reference)
     text = "¿Cómo está el señor?"
@@ -286,6 +287,6 @@ def test_a_hub_repo_brings_its_tokenizer_files(spanish_dir: Path, tmp_path: Path
         return str(snapshot / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(nano_gpt.pretrained, "hub_reachable", lambda: True)
-    _, tokenizer = load_pretrained_with_tokenizer("someone/gpt2-es")
+    monkeypatch.setattr(nano_gpt.hub, "hub_reachable", lambda: True)
+    tokenizer = read_checkpoint("someone/gpt2-es").tokenizer()
     assert isinstance(tokenizer, HFTokenizer) and (snapshot / "tokenizer.json").exists()

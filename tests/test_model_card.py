@@ -11,12 +11,12 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import assert_one_line_error, run_cli, write_hellaswag_file
-from nano_gpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nano_gpt.checkpoint import read_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model_card import CardFacts, facts_from_checkpoint, read_model_card, render_model_card
 from nano_gpt.train import TrainConfig, train
-from nano_gpt.train.runlog import read_log
+from nano_gpt.runlog import read_log
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def _rows(body: str) -> dict[str, str]:
 
 
 def _card(checkpoint: Path, **kwargs: object) -> str:
-    return render_model_card(facts_from_checkpoint(checkpoint, model_from_checkpoint(checkpoint)), name="run", **kwargs)
+    return render_model_card(facts_from_checkpoint(read_checkpoint(checkpoint)), name="run", **kwargs)
 
 
 def _logged(log_dir: Path, kind: str, step: int) -> dict:
@@ -73,7 +73,7 @@ def test_the_card_opens_with_hub_metadata(run_dir: Path) -> None:
 
 def test_the_cards_numbers_equal_the_checkpoints_and_its_logs(run_dir: Path, exported_run: Path) -> None:
     checkpoint = run_dir / "checkpoint_000003.bin"
-    state = load_checkpoint(checkpoint)
+    state = torch.load(checkpoint, weights_only=True)
     metrics = state.get("metrics", {})  # newer checkpoints carry their own; the log is the fallback
     rows = _rows(_split(_card(checkpoint))[1])
     train_record, val, hellaswag = (_logged(run_dir, kind, 3) for kind in ("train", "val", "hellaswag"))
@@ -107,7 +107,7 @@ def test_an_earlier_checkpoint_is_described_at_its_own_step(run_dir: Path) -> No
 
 
 def test_numbers_the_checkpoint_records_are_used_over_the_log(run_dir: Path, tmp_path: Path) -> None:
-    state = load_checkpoint(run_dir / "checkpoint_000003.bin")
+    state = torch.load(run_dir / "checkpoint_000003.bin", weights_only=True)
     state["metrics"] = {"tokens": 512, "train_loss": 1.23456, "val_loss": 2.5, "hellaswag_acc": 0.25,
                         "hellaswag_acc_norm": 0.75}
     state["run"] = {"device": "cuda:0", "dtype": "bfloat16", "world_size": 8, "nano_gpt_version": "9.9.9"}
@@ -120,7 +120,7 @@ def test_numbers_the_checkpoint_records_are_used_over_the_log(run_dir: Path, tmp
 
 
 def test_what_the_checkpoint_does_not_know_is_left_out(run_dir: Path, tmp_path: Path) -> None:
-    state = load_checkpoint(run_dir / "checkpoint_000003.bin")
+    state = torch.load(run_dir / "checkpoint_000003.bin", weights_only=True)
     for key in ("metrics", "run"):
         state.pop(key, None)
     torch.save(state, tmp_path / "checkpoint_000003.bin")  # no log beside it
@@ -131,7 +131,7 @@ def test_what_the_checkpoint_does_not_know_is_left_out(run_dir: Path, tmp_path: 
 
 
 def test_another_runs_log_beside_the_checkpoint_is_not_used(run_dir: Path, tmp_path: Path) -> None:
-    state = load_checkpoint(run_dir / "checkpoint_000003.bin")
+    state = torch.load(run_dir / "checkpoint_000003.bin", weights_only=True)
     for key in ("metrics", "run"):
         state.pop(key, None)
     state["train_config"] = {**state["train_config"], "seed": 7}  # a different run wrote this checkpoint

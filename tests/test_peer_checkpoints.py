@@ -15,7 +15,7 @@ from transformers import GPT2LMHeadModel
 
 from conftest import assert_one_line_error, run_cli, write_hellaswag_file
 from nano_gpt import GPT, GPTConfig, generate, get_tokenizer, load_pretrained
-from nano_gpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nano_gpt.checkpoint import load_model, read_checkpoint
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import evaluate_hellaswag, load_hellaswag
 from nano_gpt.export import export_model
@@ -137,20 +137,20 @@ def _logits(model: GPT, seed: int = 0) -> torch.Tensor:
 def test_seed_checkpoint_loads_the_model_it_holds(tmp_path: Path, compiled: bool, later_version: bool) -> None:
     model = tiny_model()
     path = save_seed_checkpoint(tmp_path / "checkpoint_019072.bin", model, compiled, later_version)
-    loaded = model_from_checkpoint(path)
+    loaded = load_model(path)
     assert loaded.config == CONFIG and not loaded.training
     assert torch.equal(_logits(loaded), _logits(model))
 
 
 def test_nanogpt_ckpt_loads_the_model_it_holds(tmp_path: Path) -> None:
     model = tiny_model()
-    loaded = model_from_checkpoint(save_nanogpt_ckpt(tmp_path / "ckpt.pt", model))
+    loaded = load_model(save_nanogpt_ckpt(tmp_path / "ckpt.pt", model))
     assert torch.equal(_logits(loaded), _logits(model))
 
 
 def test_nanogpt_ckpt_without_biases_is_gpt2_with_zero_biases(tmp_path: Path) -> None:
     model = tiny_model(biases=False)
-    loaded = model_from_checkpoint(save_nanogpt_ckpt(tmp_path / "ckpt.pt", model, bias=False))
+    loaded = load_model(save_nanogpt_ckpt(tmp_path / "ckpt.pt", model, bias=False))
     biases = {k: v for k, v in loaded.state_dict().items() if k.endswith(".bias")}
     assert len(biases) == 2 * 6 + 1 and all(not v.any() for v in biases.values())  # per layer 2 LN + 4 Linear, ln_f
     assert torch.equal(_logits(loaded), _logits(model))
@@ -158,7 +158,7 @@ def test_nanogpt_ckpt_without_biases_is_gpt2_with_zero_biases(tmp_path: Path) ->
 
 def test_nanogpt_ckpt_without_biases_exports_to_the_hugging_face_layout(tmp_path: Path) -> None:
     model = tiny_model(biases=False)
-    loaded = model_from_checkpoint(save_nanogpt_ckpt(tmp_path / "ckpt.pt", model, bias=False))
+    loaded = load_model(save_nanogpt_ckpt(tmp_path / "ckpt.pt", model, bias=False))
     folder = export_model(loaded, tmp_path / "export")
     hf = GPT2LMHeadModel.from_pretrained(folder).eval()
     idx = torch.randint(0, VOCAB_SIZE, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -172,7 +172,7 @@ def test_build_nanogpt_checkpoint_loads_the_model_it_holds(tmp_path: Path, compi
     model = tiny_model()
     path = save_build_nanogpt_checkpoint(tmp_path / "model_05000.pt", model, compiled)
     assert not hasattr(sys.modules["__main__"], "GPTConfig")  # the class is gone: loading must not need it
-    loaded = model_from_checkpoint(path)
+    loaded = load_model(path)
     assert loaded.config == CONFIG
     assert torch.equal(_logits(loaded), _logits(model))
 
@@ -186,7 +186,7 @@ def test_load_pretrained_takes_a_peer_checkpoint_file_for_fine_tuning(tmp_path: 
 def test_resuming_from_a_peer_checkpoint_says_to_fine_tune_from_it(tmp_path: Path) -> None:
     path = save_seed_checkpoint(tmp_path / "checkpoint_019072.bin", tiny_model())
     with pytest.raises(NanoGPTError, match=r"allenporter/nano-gpt checkpoint.*train --pretrained="):
-        load_checkpoint(path)
+        read_checkpoint(path, train_state=True)
 
 
 class _RunsCode:
@@ -202,7 +202,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path
     path = tmp_path / "ckpt.pt"
     torch.save({"model": tiny_model().state_dict(), "model_args": {**SIZES}, "hook": _RunsCode(marker)}, path)
     with pytest.raises(NanoGPTError, match="refuses to load"):
-        model_from_checkpoint(path)
+        load_model(path)
     assert not marker.exists()
 
 
@@ -232,7 +232,7 @@ def test_a_bad_checkpoint_is_one_line_naming_the_file_and_field(tmp_path: Path, 
     path = tmp_path / "ckpt.pt"
     torch.save(state, path)
     with pytest.raises(NanoGPTError) as e:
-        model_from_checkpoint(path)
+        load_model(path)
     assert all(f in str(e.value) for f in [str(path), *fragments]), str(e.value)
 
 
@@ -293,7 +293,7 @@ def test_train_fine_tunes_from_a_nanogpt_ckpt(tmp_path: Path) -> None:
                      "--hellaswag-samples=0", f"--checkpoint-dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
     [checkpoint] = (tmp_path / "run").glob("checkpoint_*.bin")
-    saved = load_checkpoint(checkpoint)["model_config"]
+    saved = torch.load(checkpoint, weights_only=True)["model_config"]
     assert {k: saved[k] for k in SIZES} == SIZES  # the file's shape, which no preset has
 
 

@@ -1,4 +1,4 @@
-"""`nano-gpt plot`, `nano_gpt.plot` and `nano_gpt.train.runlog`: reading training logs, drawing them, summarising them."""
+"""`nano-gpt plot`, `nano_gpt.plot` and `nano_gpt.runlog`: reading training logs, drawing them, summarising them."""
 
 import json
 import math
@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.plot import auto_smoothing, ema, plot_logs, save_figure
-from nano_gpt.train.runlog import read_log, read_logs, summarize
+from nano_gpt.runlog import read_log, read_logs, summarize
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "script" / "log_analysis.ipynb"
 BATCH = 8192

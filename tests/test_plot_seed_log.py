@@ -13,7 +13,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.train.runlog import read_log, summarize
+from nano_gpt.runlog import read_log, summarize
 
 
 def _seed_line(kind: str, **fields: object) -> str:

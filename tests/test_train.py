@@ -13,7 +13,6 @@ import torch
 
 from conftest import assert_one_line_error, run_cli, run_cli_here, write_hellaswag_file
 from nano_gpt import load_pretrained
-from nano_gpt.checkpoint import load_checkpoint
 from nano_gpt.cli.train import option_name
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.train import TrainConfig, train
@@ -40,7 +39,7 @@ def _cli_args(config: TrainConfig) -> list[str]:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_loss_falls_and_checkpoint_and_log_are_written(straight_run: tuple) -> N
     config, losses, checkpoint = straight_run
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
     assert checkpoint.name == "checkpoint_000005.bin"
-    state = load_checkpoint(checkpoint)
+    state = torch.load(checkpoint, weights_only=True)
     assert state["step"] == 5 and state["train_config"]["model"] == "gpt2-xxs" and "optimizer" in state
     records = [json.loads(line) for line in Path(config.checkpoint_dir, "train_log.jsonl").read_text().splitlines()]
     kinds = [r["kind"] for r in records]
@@ -129,7 +128,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(straight_run: tuple, tmp_p
     assert proc.returncode == 130 and "Traceback" not in err
     assert "--resume=auto" in err
     [checkpoint] = tmp_path.glob("checkpoint_*.bin")
-    assert load_checkpoint(checkpoint)["step"] >= 1
+    assert torch.load(checkpoint, weights_only=True)["step"] >= 1
 
 
 def test_nan_loss_stops_with_a_clear_message_keeping_the_last_good_checkpoint(straight_run: tuple, tmp_path: Path) -> None:
@@ -147,7 +146,7 @@ def test_nan_loss_stops_with_a_clear_message_keeping_the_last_good_checkpoint(st
 def test_fp16_keeps_the_grad_scaler_in_checkpoints_and_stays_finite(straight_run: tuple, tmp_path: Path) -> None:
     config, _, _ = straight_run
     result = train(dataclasses.replace(config, checkpoint_dir=str(tmp_path), dtype="float16", max_steps=4))
-    state = load_checkpoint(result.checkpoint)
+    state = torch.load(result.checkpoint, weights_only=True)
     assert state["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses)
@@ -214,7 +213,7 @@ def test_pretrained_weights_are_the_starting_point_for_fine_tuning(tinyshakespea
 
     config = _config(tinyshakespeare_dir, tmp_path, pretrained=str(tiny_hf_gpt2_vocab_dir), max_steps=2, warmup_steps=1)
     result = train(config)
-    state = load_checkpoint(result.checkpoint)
+    state = torch.load(result.checkpoint, weights_only=True)
     assert (state["model_config"]["vocab_size"], state["model_config"]["block_size"]) == (50257, 128)
     # The first step's loss is the pretrained model's loss on the same two micro-batches.
     model = load_pretrained(str(tiny_hf_gpt2_vocab_dir))

@@ -11,7 +11,7 @@ import typer
 from torch import nn
 
 from conftest import assert_one_line_error, files_under, run_cli_here
-from nano_gpt.checkpoint import load_checkpoint, save_checkpoint
+from nano_gpt.checkpoint import save_checkpoint
 from nano_gpt.cli import app
 from nano_gpt.cli.train import option_name
 from nano_gpt.config import PRESETS, GPTConfig
@@ -161,7 +161,7 @@ def test_stale_temp_files_of_dead_processes_are_removed_and_live_ones_kept(finis
 # --- checkpoints are validated before loading ----------------------------------------------------------
 
 def _damaged(source: Path, target: Path, damage: callable) -> Path:
-    state = load_checkpoint(source)
+    state = torch.load(source, weights_only=True)
     damage(state)
     save_checkpoint(target, state)
     return target

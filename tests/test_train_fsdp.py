@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from nano_gpt.checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
+from nano_gpt.checkpoint import latest_checkpoint, load_model, read_checkpoint
 from nano_gpt.train import TrainConfig, train
 from test_train import _cli_args, _config
 
@@ -125,10 +125,10 @@ def test_a_two_rank_checkpoint_resumes_in_one_process_and_exports_to_hugging_fac
     assert resumed.checkpoint.name == "checkpoint_000005.bin"  # one process writes a file again
     # The sharded final checkpoint, put together, holds the weights one process trained (see the tolerance).
     sharded = killed_and_resumed["folder"] / "checkpoint_000005"
-    whole = load_checkpoint(resumed.checkpoint)["model"]
-    model = model_from_checkpoint(sharded)
+    whole = torch.load(resumed.checkpoint, weights_only=True)["model"]
+    model = load_model(sharded)
     assert max((model.state_dict()[k] - v).abs().max().item() for k, v in whole.items()) < 5e-5
-    assert load_checkpoint(sharded)["step"] == 5
+    assert read_checkpoint(sharded, weights=False).step == 5
 
     result = run_cli("export", f"--checkpoint={sharded}", f"--export-dir={tmp_path / 'hf'}")
     assert result.returncode == 0, result.stderr
@@ -151,14 +151,14 @@ class _RunsCode:
 
 def test_a_sharded_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path: Path) -> None:
     from nano_gpt.errors import NanoGPTError
-    from nano_gpt.sharded_checkpoint import save_sharded
+    from nano_gpt.checkpoint.sharded import save_sharded
 
     marker = tmp_path / "ran"
     save_sharded(tmp_path / "entry", {"model": {"w": torch.ones(2)}, "model_config": {}, "step": _RunsCode(marker)})
     with pytest.raises(NanoGPTError, match="refuses to load"):
-        load_checkpoint(tmp_path / "entry")
+        read_checkpoint(tmp_path / "entry")
     save_sharded(tmp_path / "index", {"model": {"w": torch.ones(2)}, "model_config": {}})
     (tmp_path / "index" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
     with pytest.raises(NanoGPTError, match="refuses to load"):
-        model_from_checkpoint(tmp_path / "index")
+        load_model(tmp_path / "index")
     assert not marker.exists()

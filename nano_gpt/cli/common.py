@@ -5,12 +5,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.checkpoint import model_from_checkpoint
+from nano_gpt.checkpoint import Checkpoint, read_checkpoint
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.model import GPT
-from nano_gpt.pretrained import load_pretrained, load_pretrained_with_tokenizer
 from nano_gpt.runtime import DTYPE_CHOICES
-from nano_gpt.tokenizer import Tokenizer, get_tokenizer
 
 PretrainedOption = Annotated[
     Optional[str],
@@ -25,26 +22,13 @@ DtypeOption = Annotated[str, typer.Option(help=f"Precision: {DTYPE_CHOICES}. aut
                                                "fp32 on MPS, and on CPUs whichever measures faster (logged).")]
 
 
-def _check_choice(pretrained: str | None, checkpoint: Path | None, default: str | None) -> None:
+def read_model(pretrained: str | None, checkpoint: Path | None, default: str | None = "gpt2") -> Checkpoint:
+    """The model file named by --pretrained (which may be a Hub id) or --checkpoint (a local file or folder), at
+    most one, else the `default` pretrained; read by the one reader, `nano_gpt.checkpoint.read_checkpoint`."""
     if pretrained is not None and checkpoint is not None:
         raise NanoGPTError("pass either --pretrained or --checkpoint, not both")
-    if checkpoint is None and pretrained is None and default is None:
+    if checkpoint is not None:
+        return read_checkpoint(checkpoint, hub=False)
+    if pretrained is None and default is None:
         raise NanoGPTError("pass --pretrained=NAME_OR_FOLDER or --checkpoint=FILE")
-
-
-def load_model(pretrained: str | None, checkpoint: Path | None, default: str | None = "gpt2") -> GPT:
-    """The model named by --pretrained or --checkpoint (at most one), else the `default` pretrained."""
-    _check_choice(pretrained, checkpoint, default)
-    if checkpoint is not None:
-        return model_from_checkpoint(checkpoint)
-    return load_pretrained(pretrained or default)
-
-
-def load_model_and_tokenizer(pretrained: str | None, checkpoint: Path | None,
-                             default: str | None = "gpt2") -> tuple[GPT, Tokenizer]:
-    """`load_model`, and the tokenizer that goes with the model: a Hugging Face folder's own, if it has one
-    that is not GPT-2's, else GPT-2's (every checkpoint format nano-gpt reads is trained on GPT-2 tokens)."""
-    _check_choice(pretrained, checkpoint, default)
-    if checkpoint is not None:
-        return model_from_checkpoint(checkpoint), get_tokenizer()
-    return load_pretrained_with_tokenizer(pretrained or default)
+    return read_checkpoint(pretrained or default)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, load_model_and_tokenizer
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
 from nano_gpt.data import DEFAULT_DATASET_DIR, ShardLoader
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval import HellaSwagResult, evaluate_hellaswag, load_hellaswag, validation_loss
@@ -41,7 +41,8 @@ def eval_model(
     HellaSwag accuracy (acc: the ending with the lowest total loss, acc_norm: the lowest loss per token) and, with --dataset, the mean validation loss. --debug logs the running accuracy after every example.
     """
     batch_size = batch_size if micro_batch_size is None else micro_batch_size
-    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
+    loaded = read_model(pretrained, checkpoint)
+    model, tokenizer = loaded.model, loaded.tokenizer()
     # The same precision decision as validation inside training, so the two val_loss figures agree.
     runtime = Runtime.build(device, dtype, "eval", model.config)
     logger.info("evaluating on %s", runtime.describe())

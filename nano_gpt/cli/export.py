@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, load_model_and_tokenizer
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, read_model
 from nano_gpt.runtime import resolve_device
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.export import prepare_export_dir, export_model
@@ -49,11 +49,12 @@ def export(
     prepare_export_dir(export_dir, force)  # before a model load that may take minutes
     card = read_model_card(model_card) if model_card is not None else None
     torch_device = resolve_device(device)
-    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint, default=None)
-    if not is_gpt2(tokenizer):  # an export ships GPT-2's tokenizer files; this model would need its own
+    loaded = read_model(pretrained, checkpoint, default=None)
+    model = loaded.model
+    if not is_gpt2(loaded.tokenizer()):  # an export ships GPT-2's tokenizer files; this model would need its own
         raise NanoGPTError(f"{pretrained} has a tokenizer of its own; export writes GPT-2 models (it is already a "
                            "Hugging Face folder: use it as it is)")
-    facts = facts_from_checkpoint(checkpoint, model) if checkpoint is not None else facts_from_pretrained(pretrained, model)
+    facts = facts_from_checkpoint(loaded) if checkpoint is not None else facts_from_pretrained(pretrained, model)
     folder = export_model(model, export_dir, force=force, device=torch_device, facts=facts, model_card=card,
                           repo_id=push_to_hub_repo, license=license)
     files = ", ".join(sorted(p.name for p in folder.iterdir()))

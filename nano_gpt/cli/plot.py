@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from nano_gpt.plot import plot_logs, save_figure
-from nano_gpt.train.runlog import read_logs, summarize
+from nano_gpt.runlog import read_logs, summarize
 
 
 def plot(

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, load_model_and_tokenizer
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
+from nano_gpt.config import SAMPLE_PROMPT
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.generate import generate
 from nano_gpt.memory import check_fits, decode_bytes
@@ -19,12 +20,9 @@ from nano_gpt.train.config import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "Hello, I'm a language model,"
-
-
 def sample(
     prompt: Annotated[Optional[list[str]], typer.Argument(help="Text to continue; several words need no quotes. "
-                                                          f"Default: {DEFAULT_PROMPT!r}.", metavar="PROMPT", show_default=False)] = None,
+                                                          f"Default: {SAMPLE_PROMPT!r}.", metavar="PROMPT", show_default=False)] = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
     device: DeviceOption = "auto",
@@ -53,8 +51,9 @@ def sample(
         raise NanoGPTError(f"{flag}={seed} must be between 0 and 2**64 - 1")
     if not math.isfinite(temperature):
         raise NanoGPTError(f"--temperature={temperature} must be a finite number (0 is greedy)")
-    prompt = " ".join(prompt) if prompt else DEFAULT_PROMPT
-    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
+    prompt = " ".join(prompt) if prompt else SAMPLE_PROMPT
+    loaded = read_model(pretrained, checkpoint)
+    model, tokenizer = loaded.model, loaded.tokenizer()
     prompt_tokens = tokenizer.encode_ordinary(prompt)
     block_size = model.config.block_size
     if not prompt_tokens:

@@ -125,7 +125,7 @@ def _hf_splits(path: str, config: str | None, text_column: str, validation_token
                approx_tokens: int | None = None) -> dict[str, Split]:
     import datasets
 
-    from nano_gpt.pretrained import hub_reachable  # a quick offline check: datasets retries for long
+    from nano_gpt.hub import hub_reachable  # a quick offline check: datasets retries for long
 
     if not path:
         raise NanoGPTError("--dataset=hf: needs a dataset: --dataset=hf:OWNER/NAME or hf:OWNER/NAME:CONFIG")

@@ -13,6 +13,7 @@ from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.data import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.parallel import PARALLELISMS
+from nano_gpt.runlog import LOG_FILE
 from nano_gpt.runtime import DTYPE_CHOICES, DTYPES
 
 
@@ -94,7 +95,7 @@ class TrainConfig:
     hellaswag_file: str | None = _option(None, "A local hellaswag_val.jsonl instead of the cached download.")
     checkpoint_dir: str = _option("checkpoints", "Where checkpoints and the log go; one run per folder.")
     checkpoint_steps: int = _option(5000, "Write a checkpoint every N steps (and at the end).")
-    log_file: str | None = _option(None, "JSON-lines log of every step and eval (default <checkpoint-dir>/train_log.jsonl).")
+    log_file: str | None = _option(None, f"JSON-lines log of every step and eval (default <checkpoint-dir>/{LOG_FILE}).")
     resume: str | None = _option(None, "Continue from a checkpoint file, or `auto` for the newest in --checkpoint-dir.")
     overwrite: bool = _option(False, "Start a new run in a --checkpoint-dir that holds another run, deleting its "
                                      "checkpoints and log.")
@@ -143,7 +144,7 @@ class TrainConfig:
             max_steps=fill(self.max_steps, defaults.max_steps),
             warmup_steps=fill(self.warmup_steps, defaults.warmup_steps),
             max_lr=fill(self.max_lr, defaults.max_lr),
-            log_file=self.log_file or f"{self.checkpoint_dir}/train_log.jsonl",
+            log_file=self.log_file or f"{self.checkpoint_dir}/{LOG_FILE}",
         )
         if filled.warmup_steps >= filled.max_steps:
             raise NanoGPTError(f"--warmup-steps={filled.warmup_steps} must be smaller than --max-steps={filled.max_steps}")

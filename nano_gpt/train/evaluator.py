@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nano_gpt.config import SAMPLE_PROMPT
 from nano_gpt.data import ShardLoader
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval.validation import steps_within_split
@@ -18,11 +19,10 @@ from nano_gpt.parallel import whole_model
 from nano_gpt.runtime import Runtime
 from nano_gpt.tokenizer import VOCAB_SIZE, get_tokenizer
 from nano_gpt.train.config import TrainConfig
-from nano_gpt.train.runlog import RunLog
+from nano_gpt.runlog import RunLog
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_PROMPT = "Hello, I'm a language model,"
 
 
 def load_training_hellaswag(config: TrainConfig) -> list[HellaSwagExample] | None:
@@ -43,10 +43,12 @@ def load_training_hellaswag(config: TrainConfig) -> list[HellaSwagExample] | Non
 class Evaluator:
     """Runs the evaluations and logs them; built before step 0, so missing data fails at start."""
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, forward: nn.Module) -> None:
+    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, forward: nn.Module,
+                 log: RunLog | None) -> None:
         self.config, self.runtime, self.model, self.forward = config, runtime, model, forward
-        self.log: RunLog | None = None  # set once the run's log exists (on the main process)
-        self.val_loader = None
+        self.log = log  # the run's log, on the main process only
+        self.val_loader: ShardLoader | None = None
+        self.validation_steps = 0
         if config.validation_steps > 0:
             self.val_loader = ShardLoader(Path(config.dataset_dir), config.dataset, "validation",
                                           config.micro_batch_size, config.sequence_length,

@@ -18,31 +18,24 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.checkpoint import checkpoint_path, save_checkpoint
+from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
 from nano_gpt.parallel import parallelize
-from nano_gpt.pretrained import load_pretrained
 from nano_gpt.runtime import Runtime
-from nano_gpt.sharded_checkpoint import save_sharded
 from nano_gpt.train import rundir
 from nano_gpt.train.config import TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
-from nano_gpt.train.runlog import RunLog
-from nano_gpt.train.state import TrainState, model_from_checkpoint_state, read_checkpoint
+from nano_gpt.runlog import RunLog, differing_settings
+from nano_gpt.train.state import TrainState
 from nano_gpt.train.step import NonFiniteError, train_step
 
 logger = logging.getLogger(__name__)
-
-# Settings that shape the batches or the schedule: changing them on resume makes a different run.
-RUN_DEFINING = ("dataset", "sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "warmup_steps",
-                "max_lr", "min_lr_ratio", "weight_decay", "seed", "shuffle")
-
 
 @dataclass
 class TrainResult:
@@ -70,18 +63,32 @@ class _StopRequest:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def _initial_model(config: TrainConfig, checkpoint: dict | None, source: Path | None) -> GPT:
+def _read_resume(config: TrainConfig, path: Path) -> Checkpoint:
+    """The checkpoint to resume from, read and checked. A damaged newest one stops `--resume=auto`: resuming
+    from an older one silently would throw away the steps after it, so the user is told which one to pass."""
+    try:
+        return read_checkpoint(path, train_state=True, hub=False)
+    except NanoGPTError as e:
+        if config.resume != "auto":
+            raise
+        older = [p for p in checkpoints_in(path.parent) if p != path]
+        hint = (f"to continue from the one before it, pass --resume={older[-1]}" if older else
+                "there is no older one: start again with --overwrite")
+        raise NanoGPTError(f"{e}; --resume=auto takes the newest checkpoint and will not skip a damaged one: "
+                           f"{hint}") from e
+
+
+def _initial_model(config: TrainConfig, checkpoint: Checkpoint | None) -> GPT:
     if checkpoint is not None:
-        return model_from_checkpoint_state(checkpoint, source)
+        return checkpoint.model.train()
     if config.pretrained is not None:
-        return load_pretrained(config.pretrained)
+        return read_checkpoint(config.pretrained).model.train()
     torch.manual_seed(config.seed)  # the same init on every rank
     return GPT(GPTConfig.from_preset(config.model))
 
 
 def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
-    changed = [f"{k} {saved[k]} -> {getattr(config, k)}" for k in RUN_DEFINING
-               if k in saved and saved[k] != getattr(config, k)]
+    changed = differing_settings(saved, config.to_dict())
     if changed:
         logger.warning("resuming with settings that differ from the checkpoint's (%s); the run will not match an "
                        "uninterrupted one", ", ".join(changed))
@@ -90,17 +97,19 @@ def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
 def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
-    resume_file = rundir.prepare(config)
-    checkpoint = read_checkpoint(resume_file) if resume_file is not None else None
-    model = _initial_model(config, checkpoint, resume_file)
-    recipe = recipe_for(model.config) if config.pretrained is not None else config.model
+    # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
+    recipe = config.model if config.pretrained is None else recipe_for(
+        read_checkpoint(config.pretrained, weights=False).config)
     config = config.resolved(recipe)
+    resume_file = rundir.prepare(config)
+    checkpoint = _read_resume(config, resume_file) if resume_file is not None else None
+    model = _initial_model(config, checkpoint)
     if config.sequence_length > model.config.block_size:
         raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
                            f"{model.config.block_size}")
     runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
     try:
-        return _Trainer(config, runtime, model, recipe, checkpoint, resume_file).run()
+        return _Trainer(config, runtime, model, recipe, checkpoint).run()
     finally:
         runtime.close()
 
@@ -108,9 +117,10 @@ def train(config: TrainConfig) -> TrainResult:
 class _Trainer:
     """The run's components, built in order so that everything that can fail does so before step 0."""
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, recipe: str, checkpoint: dict | None,
-                 resume_file: Path | None) -> None:
-        self.config, self.runtime, self.resume_file = config, runtime, resume_file
+    def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, recipe: str,
+                 checkpoint: Checkpoint | None) -> None:
+        self.config, self.runtime = config, runtime
+        self.resume_file = checkpoint.source if checkpoint is not None else None
         self.grad_accum = config.grad_accum_steps(runtime.world_size)
         # A lower bound (the logits and one layer's activations), so an absurd micro batch fails here, not in step 0.
         check_fits(forward_bytes(model.config, config.micro_batch_size, config.sequence_length, runtime.dtype),
@@ -126,19 +136,22 @@ class _Trainer:
         optimizer = make_optimizer(model, config.max_lr, config.weight_decay, fused=runtime.has_fused_adamw)
         self.state = TrainState(model, optimizer, runtime.grad_scaler(), loader, runtime, config.to_dict())
         if checkpoint is not None:
-            self.state.load_state_dict(checkpoint, resume_file)
-            logger.info("resuming from %s at step %d", resume_file, self.state.step + 1)
-            _warn_if_changed(checkpoint["train_config"], config)
-        self.evaluator = Evaluator(config, runtime, model, self.forward)  # loads its data: may fail, so first
-        self.log = RunLog(Path(config.log_file), checkpoint["step"] if checkpoint else None) if runtime.is_main else None
-        self.evaluator.log = self.log
-        self._announce(model, recipe, checkpoint is None)
-
-    def _announce(self, model: GPT, recipe: str, new_run: bool) -> None:
-        config, runtime = self.config, self.runtime
+            self.state.load_state_dict(checkpoint.train_state, checkpoint.source)
+            logger.info("resuming from %s at step %d", checkpoint.source, self.state.step + 1)
+            _warn_if_changed(checkpoint.train_config, config)
+        self.log = RunLog(Path(config.log_file), checkpoint.step if checkpoint else None) if runtime.is_main else None
+        self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)  # loads its data: may fail
+        if self.log is not None:
+            self.log.start()  # only now is the log (re)written: everything that could fail has passed
         n_params = model.num_parameters(exclude_embeddings=True)
         self.flops_per_step = flops_per_token(model.config, n_params, config.sequence_length) * config.total_batch_size
         self.peak = peak_flops(runtime.device)
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 transient=True, disable=not (runtime.is_main and sys.stderr.isatty()))
+        self._announce(model, recipe, n_params, checkpoint is None)
+
+    def _announce(self, model: GPT, recipe: str, n_params: int, new_run: bool) -> None:
+        config, runtime = self.config, self.runtime
         if self.log is not None and new_run:
             self.log.write("config", 0, config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
                            world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
@@ -151,6 +164,8 @@ class _Trainer:
     def _save(self) -> Path | None:
         path = checkpoint_path(Path(self.config.checkpoint_dir), self.state.step, sharded=self.state.sharded)
         if self.state.sharded:
+            from nano_gpt.checkpoint.sharded import save_sharded
+
             save_sharded(path, self.state.state_dict())  # every rank writes its shards
         elif self.runtime.is_main:
             save_checkpoint(path, self.state.state_dict())
@@ -165,9 +180,7 @@ class _Trainer:
         last_checkpoint = self.resume_file
         losses: list[float] = []
         stop = _StopRequest()
-        self.progress = progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                                            TimeRemainingColumn(), transient=True,
-                                            disable=not (runtime.is_main and sys.stderr.isatty()))
+        progress = self.progress
         task = progress.add_task("train", total=config.last_step + 1, completed=state.step + 1)
         try:
             with progress:

@@ -17,7 +17,6 @@ from nano_gpt.checkpoint import checkpoints_in, latest_checkpoint
 from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.files import pid_alive
-from nano_gpt.sharded_checkpoint import is_sharded
 from nano_gpt.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -87,9 +86,10 @@ def _existing_run(checkpoint_dir: Path, log_file: Path) -> list[Path]:
 
 
 def prepare(config: TrainConfig) -> Path | None:
-    """Check the run's folder and log before step 0; returns the checkpoint to resume from, if any."""
+    """Check the run's folder and log before step 0; returns the checkpoint to resume from, if any. `config` is
+    resolved (`TrainConfig.resolved`): its log file is decided."""
     checkpoint_dir = Path(config.checkpoint_dir)
-    log_file = Path(config.log_file or checkpoint_dir / "train_log.jsonl")
+    log_file = Path(config.log_file)
     probe_writable_folder(checkpoint_dir, "--checkpoint-dir")
     probe_writable_file(log_file, "--log-file")
     for folder in {checkpoint_dir, log_file.parent}:
@@ -112,7 +112,7 @@ def prepare(config: TrainConfig) -> Path | None:
             logger.info("--resume=auto: no checkpoint in %s, starting from scratch", checkpoint_dir)
         return path
     path = Path(config.resume)
-    if not (path.is_file() or is_sharded(path)):
+    if not path.exists():  # a damaged folder or file is read, and refused by name, by the checkpoint reader
         raise NanoGPTError(f"--resume={path}: checkpoint not found; pass a checkpoint_NNNNNN.bin, a sharded "
                            "checkpoint_NNNNNN folder, or --resume=auto")
     return path

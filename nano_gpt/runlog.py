@@ -23,6 +23,21 @@ from nano_gpt.errors import NanoGPTError
 
 logger = logging.getLogger(__name__)
 
+LOG_FILE = "train_log.jsonl"  # a run's log, in its --checkpoint-dir unless --log-file says otherwise
+
+# The settings that define a run (TrainConfig field names): the model, the data and its batches, the schedule.
+# A checkpoint or log whose settings differ in one of them belongs to another run: resuming with such a
+# change is warned about, and the model card does not take such a log for its checkpoint's.
+RUN_DEFINING = ("model", "pretrained", "dataset", "sequence_length", "micro_batch_size", "total_batch_size",
+                "max_steps", "warmup_steps", "max_lr", "min_lr_ratio", "weight_decay", "seed", "shuffle")
+
+
+def differing_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The run-defining settings recorded in both dicts whose values differ, as "name old -> new"."""
+    return [f"{k} {saved[k]} -> {current[k]}" for k in RUN_DEFINING if k in saved and k in current
+            and saved[k] != current[k]]
+
+
 # Each kind's numeric fields; the writer writes them and the reader checks them.
 RECORD_FIELDS: dict[str, tuple[str, ...]] = {
     "train": ("tokens", "loss", "norm", "lr", "dt_ms", "tok_per_sec", "mfu"),
@@ -141,16 +156,20 @@ def _seed_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 class RunLog:
     """Appends records to a run's log; only the main process writes one.
 
-    A new run starts the file afresh. On resume, records after the checkpoint's step (written by the
-    interrupted run after its last checkpoint) are dropped, so the log reads as one run.
+    `start` begins the file: a new run's afresh; on resume, records after the checkpoint's step (written by
+    the interrupted run after its last checkpoint) are dropped, so the log reads as one run. Nothing is
+    written before it, so a run that fails while it is being built leaves the log as it was.
     """
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
+        self.resume_step = resume_step
+
+    def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
-        if resume_step is not None and self.path.exists():
-            kept = [record for _, record in _records(self.path) if record["step"] <= resume_step]
+        if self.resume_step is not None and self.path.exists():
+            kept = [record for _, record in _records(self.path) if record["step"] <= self.resume_step]
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(self.path)
@@ -182,10 +201,10 @@ def read_log(path: str | Path, label: str | None = None) -> TrainingLog:
     path = Path(path)
     if path.is_dir():
         raise NanoGPTError(f"training log {path} is a folder; pass the log file in it, such as "
-                           f"{path / 'train_log.jsonl'}")
+                           f"{path / LOG_FILE}")
     if not path.is_file():
         raise NanoGPTError(f"training log {path} not found; pass the JSON-lines file written by `nano-gpt train` "
-                           "(by default checkpoints/train_log.jsonl), or a text log of allenporter/nano-gpt")
+                           f"(by default checkpoints/{LOG_FILE}), or a text log of allenporter/nano-gpt")
     by_step: dict[str, dict[int, dict[str, Any]]] = {kind: {} for kind in RECORD_FIELDS}
     config: dict[str, Any] = {}
     try:

@@ -11,7 +11,12 @@ M ranks each read their own slices (resharding), and one process reads whole ten
 which is how `sample`, `eval` and `export` consolidate a sharded checkpoint on the fly.
 
 Nothing in a folder can run code when read: the index is unpickled with only DCP's own metadata classes
-allowed, and every other entry is checked with `torch.load(weights_only=True)` before DCP reads it.
+allowed, and every other entry is checked with `torch.load(weights_only=True)` before DCP reads it. Damage is
+noticed before anything is read: the folder carries a CRC-32 of each file (`checksums.json`, see `integrity`),
+checked once per read, each rank checking its share.
+
+This module imports `torch.distributed.checkpoint` (and with it FSDP), so the reader imports it only for a
+sharded folder.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import json
 import pickle
 import shutil
 import warnings
@@ -33,9 +39,10 @@ from torch.distributed.checkpoint import (CheckpointException, DefaultLoadPlanne
                                           TensorStorageMetadata)
 from torch.distributed.checkpoint.metadata import StorageMeta
 
+from nano_gpt.checkpoint.integrity import damage_error, damaged_files, folder_checksums
+from nano_gpt.checkpoint.layout import CHECKSUMS, METADATA, is_sharded
+from nano_gpt.checkpoint.writer import write_atomically
 from nano_gpt.errors import NanoGPTError
-
-METADATA = ".metadata"  # DCP's index, written last by the coordinating rank
 
 # What DCP's index pickles: its metadata dataclasses, torch sizes, dtypes and layouts, and a path.
 _INDEX_CLASSES = {
@@ -48,11 +55,6 @@ _INDEX_CLASSES = {
     "collections": {"OrderedDict"},
     "torch": {"Size"},
 }
-
-
-def is_sharded(path: Path | str) -> bool:
-    """Whether `path` is a complete sharded checkpoint folder."""
-    return (Path(path) / METADATA).is_file()
 
 
 class _IndexUnpickler(pickle.Unpickler):
@@ -110,9 +112,18 @@ def _reading(path: Path) -> Iterator[None]:
         raise NanoGPTError(f"cannot read the sharded checkpoint {path}: {why}") from e
 
 
-def _index(path: Path) -> Metadata:
+def open_sharded(path: Path) -> Metadata:
+    """The index of a sharded folder, once its files have been checked against their checksums (the one check
+    of a read: every later read of this folder trusts it). An emptied folder, or one without its index, is
+    damaged."""
+    if not path.is_dir():
+        raise NanoGPTError(f"{path} is not a sharded checkpoint folder")
     if not is_sharded(path):
-        raise NanoGPTError(f"{path} is not a sharded checkpoint (no {METADATA} in it)")
+        what = "empty" if not any(path.iterdir()) else f"without its index ({METADATA})"
+        raise NanoGPTError(f"the sharded checkpoint {path} is damaged: the folder is {what}")
+    damaged = damaged_files(path)
+    if damaged:
+        raise damage_error(path, damaged)
     with _reading(path):
         return _SafeReader(path).read_metadata()
 
@@ -134,17 +145,14 @@ def _put(tree: dict | list, keys: tuple, value: Any) -> None:
     node[last] = value
 
 
-def top_level_keys(path: Path | str) -> set[str]:
+def stored_keys(metadata: Metadata) -> set[str]:
     """The entries a sharded checkpoint holds (empty dicts are not stored, so they are not among them)."""
-    metadata = _index(Path(path))
     return {metadata.planner_data.get(fqn, (fqn,))[0] for fqn in metadata.state_dict_metadata}
 
 
-def read_sharded(path: Path | str, keys: Iterable[str] | None = None) -> dict[str, Any]:
-    """The entries `keys` (default all) of a sharded checkpoint as whole tensors and plain data on the CPU, in
-    this process alone: however many ranks wrote it, their shards are put together here."""
-    path = Path(path)
-    metadata = _index(path)
+def read_sharded(path: Path, metadata: Metadata, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """The entries `keys` (default all) of a sharded checkpoint opened with `open_sharded`, as whole tensors and
+    plain data on the CPU, in this process alone: however many ranks wrote it, their shards are put together."""
     wanted = None if keys is None else set(keys)
     state: dict[str, Any] = {}
     for fqn, item in metadata.state_dict_metadata.items():
@@ -159,10 +167,9 @@ def read_sharded(path: Path | str, keys: Iterable[str] | None = None) -> dict[st
 
 
 def load_sharded(path: Path | str, state: dict[str, Any]) -> None:
-    """Fill `state` in place from a sharded checkpoint: DTensors with this rank's slices, plain tensors whole.
-    Every rank of the process group calls this."""
+    """Fill `state` in place from a sharded checkpoint that `open_sharded` checked: DTensors with this rank's
+    slices, plain tensors whole. Every rank of the process group calls this."""
     path = Path(path)
-    _index(path)
     with _reading(path):
         dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner())
 
@@ -188,7 +195,14 @@ def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
         dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    checksums = folder_checksums(tmp, rank, world_size)  # each rank reads its share of the files
+    if distributed:
+        shares: list[dict[str, int]] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(shares, checksums)
+        checksums = {name: crc for share in shares for name, crc in share.items()}
     if not distributed or dist.get_rank() == 0:
+        write_atomically(tmp / CHECKSUMS, lambda f: f.write(json.dumps(checksums, sort_keys=True).encode()))
         if path.exists():  # the same step written again (a resumed run overtaking a later checkpoint)
             old = path.with_name(f".{path.name}.replaced.tmp{owner[0]}")
             os.replace(path, old)

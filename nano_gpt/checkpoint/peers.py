@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from nano_gpt.checkpoint.torchfile import read_torch_file
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
-from nano_gpt.weights import config_from_fields, expected_shapes, load_plain, model_from_weights
+from nano_gpt.weights import config_from_fields, expected_shapes, model_from_weights
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", m
                            f"--pretrained={path}")
     if not path.is_file():
         raise NanoGPTError(f"checkpoint {path} not found; pass a checkpoint file ({UNDERSTOOD})")
-    return load_plain(path, f"a checkpoint ({UNDERSTOOD})", map_location, [(PickledGPTConfig, "__main__.GPTConfig")],
-                      mmap)
+    return read_torch_file(path, f"a checkpoint ({UNDERSTOOD})", map_location,
+                           [(PickledGPTConfig, "__main__.GPTConfig")], mmap)
 
 
 def peer_format(state: Any) -> str | None:

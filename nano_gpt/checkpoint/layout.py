@@ -1,0 +1,40 @@
+"""Where checkpoints lie in a run folder, told by name alone (no torch import: the run folder is checked before
+anything heavy is loaded).
+
+A run folder holds `checkpoint_NNNNNN.bin` files and, under FSDP, `checkpoint_NNNNNN/` folders. A folder counts
+as a checkpoint whatever it holds: one without its index or emptied is a damaged checkpoint that the reader
+refuses by name, never one to step over silently to an older one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+METADATA = ".metadata"  # DCP's index of a sharded folder, written last by the coordinating rank
+CHECKSUMS = "checksums.json"  # CRC-32 of every other file of a sharded folder (see `integrity`)
+_NAME = re.compile(r"checkpoint_(\d+)(\.bin)?")
+
+
+def checkpoint_path(checkpoint_dir: Path | str, step: int, sharded: bool = False) -> Path:
+    """Where the checkpoint after `step` goes: checkpoint_{step:06d}.bin, or the folder checkpoint_{step:06d}."""
+    return Path(checkpoint_dir) / f"checkpoint_{step:06d}{'' if sharded else '.bin'}"
+
+
+def is_sharded(path: Path | str) -> bool:
+    """Whether `path` is a sharded checkpoint folder with its index (complete, as far as names tell)."""
+    return (Path(path) / METADATA).is_file()
+
+
+def checkpoints_in(checkpoint_dir: Path | str) -> list[Path]:
+    """The checkpoints in `checkpoint_dir`, files and sharded folders (damaged ones too), oldest step first."""
+    found = [(int(m.group(1)), p.stat().st_mtime, p) for p in Path(checkpoint_dir).glob("checkpoint_*")
+             if (m := _NAME.fullmatch(p.name)) and (p.is_file() if m.group(2) else p.is_dir())]
+    return [p for _, _, p in sorted(found)]
+
+
+def latest_checkpoint(checkpoint_dir: Path | str) -> Path | None:
+    """The checkpoint with the highest step in `checkpoint_dir`, if any (of a file and a folder for one step, the
+    newer)."""
+    found = checkpoints_in(checkpoint_dir)
+    return found[-1] if found else None
