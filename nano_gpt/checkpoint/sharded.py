@@ -119,7 +119,7 @@ def open_sharded(path: Path) -> Metadata:
     if not path.is_dir():
         raise NanoGPTError(f"{path} is not a sharded checkpoint folder")
     if not is_sharded(path):
-        what = "empty" if not any(path.iterdir()) else f"without its index ({METADATA})"
+        what = "empty" if not any(path.iterdir()) else f"missing its index ({METADATA})"
         raise NanoGPTError(f"the sharded checkpoint {path} is damaged: the folder is {what}")
     damaged = damaged_files(path)
     if damaged:
