@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +68,12 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # ValueError: not JSON, not UTF-8, or too many digits
+            record = parse_json(raw, where, "each line must be one JSON object")
+        except NanoGPTError:
             if number == len(lines) and not raw.endswith(b"\n"):
                 logger.warning("%s: skipping an unfinished last line (is the run still writing it?)", where)
                 continue
-            raise NanoGPTError(f"{where}: not valid JSON ({e.__class__.__name__}); each line must be one JSON "
-                               "object") from e
+            raise
         if not isinstance(record, dict):
             raise NanoGPTError(f"{where}: expected a JSON object with \"kind\" and \"step\", got {type(record).__name__}")
         kind, step = record.get("kind"), record.get("step")

@@ -10,7 +10,7 @@ storage faults, not from an adversary (who could rewrite any checksum beside the
   torch's old non-zip format has none and loads as before.
 - A sharded folder's files are written by DCP, which records no checksum: `folder_checksums` computes a CRC-32
   of each (every rank a share of them) into `checksums.json`, written before the folder is renamed into place;
-  `verify_folder` checks them. A folder from before checksums has none and loads as before.
+  `damaged_files` checks them, once per read. A folder from before checksums has none and loads as before.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def folder_checksums(folder: Path, rank: int = 0, world_size: int = 1) -> dict[s
     return {name: _crc32(folder / name) for name in names[rank::world_size]}
 
 
-def damaged_files(folder: Path, rank: int = 0, world_size: int = 1) -> list[str]:
-    """This rank's share of the files of a sharded folder that are missing or whose CRC-32 differs from
-    `checksums.json`, as "name (why)"; none for a folder written before checksums."""
+def damaged_files(folder: Path) -> list[str]:
+    """The files of a sharded folder that are missing or whose CRC-32 differs from `checksums.json`, as
+    "name (why)"; none for a folder written before checksums."""
     record = folder / CHECKSUMS
     if not record.is_file():
         return []
@@ -77,7 +77,7 @@ def damaged_files(folder: Path, rank: int = 0, world_size: int = 1) -> list[str]
     if not isinstance(expected, dict) or not all(isinstance(v, int) for v in expected.values()):
         return [f"{CHECKSUMS} (not a map of file names to CRC-32s)"]
     damaged = []
-    for name in sorted(expected)[rank::world_size]:
+    for name in sorted(expected):
         file = folder / name
         try:
             if _crc32(file) != expected[name]:

@@ -21,6 +21,11 @@ def checkpoint_path(checkpoint_dir: Path | str, step: int, sharded: bool = False
     return Path(checkpoint_dir) / f"checkpoint_{step:06d}{'' if sharded else '.bin'}"
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether `name` is one our runs give a checkpoint: checkpoint_NNNNNN.bin, or checkpoint_NNNNNN (a folder)."""
+    return _NAME.fullmatch(name) is not None
+
+
 def is_sharded(path: Path | str) -> bool:
     """Whether `path` is a sharded checkpoint folder with its index (complete, as far as names tell)."""
     return (Path(path) / METADATA).is_file()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nano_gpt.checkpoint import hf_folder
-from nano_gpt.checkpoint.layout import METADATA, checkpoints_in
+from nano_gpt.checkpoint.layout import METADATA, checkpoints_in, is_checkpoint_name
 from nano_gpt.checkpoint.peers import UNDERSTOOD, peer_format, peer_model, read_checkpoint_file
 from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
@@ -91,8 +91,7 @@ def _local(name_or_path: str | Path, hub: bool) -> Path:
 
 def _is_sharded_folder(folder: Path) -> bool:
     """Told by name or contents, so that a damaged one (no index, emptied) is reported as such."""
-    return (folder.name.startswith("checkpoint_") or (folder / METADATA).exists()
-            or any(folder.glob("*.distcp")))
+    return is_checkpoint_name(folder.name) or (folder / METADATA).exists() or any(folder.glob("*.distcp"))
 
 
 def read_checkpoint(name_or_path: str | Path, *, weights: bool = True, train_state: bool = False,

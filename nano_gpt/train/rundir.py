@@ -21,7 +21,7 @@ from nano_gpt.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-_TEMP = re.compile(r"\..+\.tmp(\d+)")  # what save_checkpoint, save_sharded (a folder) and RunLog write before renaming
+_TEMP = re.compile(r"\..+\.tmp(\d+)")  # what the checkpoint writer, save_sharded (a folder) and RunLog write first
 
 
 def remove_stale_temp_files(folder: Path) -> None:
