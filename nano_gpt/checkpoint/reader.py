@@ -107,7 +107,8 @@ def read_checkpoint(name_or_path: str | Path, *, weights: bool = True, train_sta
         if _is_sharded_folder(path):
             return _read_sharded(path, weights, train_state)
         if not (path / "config.json").exists() and (found := checkpoints_in(path)):
-            raise NanoGPTError(f"{path} is a run folder; pass one of its checkpoints, such as {found[-1]}")
+            raise NanoGPTError(f"{path} is a run folder, not a model folder (no config.json); pass one of its "
+                               f"checkpoints, such as {found[-1]}")
         if train_state:
             raise NanoGPTError(f"{path} is a Hugging Face folder: it holds a model but no training state, so it "
                                f"cannot be resumed; fine-tune from it with `nano-gpt train --pretrained={path}`")
