@@ -44,7 +44,7 @@ class Evaluator:
     """Runs the evaluations and logs them; built before step 0, so missing data fails at start."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, forward: nn.Module,
-                 log: RunLog | None) -> None:
+                 log: RunLog | None = None) -> None:
         self.config, self.runtime, self.model, self.forward = config, runtime, model, forward
         self.log = log  # the run's log, on the main process only
         self.val_loader: ShardLoader | None = None
