@@ -6,12 +6,12 @@ from typing import Annotated, Optional
 import typer
 
 from nano_gpt.plot import plot_logs, save_figure
-from nano_gpt.runlog import read_logs, summarize
+from nano_gpt.runlog import LOG_FILE, read_logs, summarize
 
 
 def plot(
     log_files: Annotated[list[Path], typer.Argument(help="JSON-lines logs written by `nano-gpt train` (there: "
-                                                         "checkpoints/train_log.jsonl by default); several overlay.",
+                                                         f"checkpoints/{LOG_FILE} by default); several overlay.",
                                                     show_default=False)],
     output: Annotated[Path, typer.Option(help="The image to write (.png; .svg and .pdf work too); "
                                               "parent folders are created.")] = Path("artifacts/train-log.png"),
