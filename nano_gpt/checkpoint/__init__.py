@@ -35,9 +35,9 @@ A package, not one module: each format keeps its own reader, and `sharded`'s hea
 commands that never meet a folder.
 """
 
-from nano_gpt.checkpoint.layout import checkpoint_path, checkpoints_in, is_sharded, latest_checkpoint
+from nano_gpt.checkpoint.layout import checkpoint_path, checkpoints_in, latest_checkpoint
 from nano_gpt.checkpoint.reader import HF_FOLDER, OURS, OURS_SHARDED, Checkpoint, OnDisk, load_model, read_checkpoint
 from nano_gpt.checkpoint.writer import save_checkpoint
 
 __all__ = ["HF_FOLDER", "OURS", "OURS_SHARDED", "Checkpoint", "OnDisk", "checkpoint_path", "checkpoints_in",
-           "is_sharded", "latest_checkpoint", "load_model", "read_checkpoint", "save_checkpoint"]
+           "latest_checkpoint", "load_model", "read_checkpoint", "save_checkpoint"]

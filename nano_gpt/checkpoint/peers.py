@@ -43,7 +43,7 @@ class PickledGPTConfig:
         self.fields = dict(state) if isinstance(state, dict) else {}
 
 
-def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+def read_checkpoint_file(path: Path, mmap: bool = False) -> Any:
     """Whatever a checkpoint file holds, unpickled without running code; a bad file is one NanoGPTError line."""
     path = Path(path)
     if path.is_dir():
@@ -51,8 +51,7 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", m
                            f"--pretrained={path}")
     if not path.is_file():
         raise NanoGPTError(f"checkpoint {path} not found; pass a checkpoint file ({UNDERSTOOD})")
-    return read_torch_file(path, f"a checkpoint ({UNDERSTOOD})", map_location,
-                           [(PickledGPTConfig, "__main__.GPTConfig")], mmap)
+    return read_torch_file(path, f"a checkpoint ({UNDERSTOOD})", [(PickledGPTConfig, "__main__.GPTConfig")], mmap)
 
 
 def peer_format(state: Any) -> str | None:

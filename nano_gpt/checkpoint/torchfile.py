@@ -17,16 +17,15 @@ from nano_gpt.checkpoint.integrity import verify_torch_file
 from nano_gpt.errors import NanoGPTError
 
 
-def read_torch_file(path: Path, what: str, map_location: str | torch.device = "cpu",
-                    stand_ins: Sequence[tuple[type, str]] = (), mmap: bool = False) -> Any:
+def read_torch_file(path: Path, what: str, stand_ins: Sequence[tuple[type, str]] = (), mmap: bool = False) -> Any:
     """What a `torch.save` file holds, its CRC-32s verified first (damage is one line naming the file), then
-    unpickled with `weights_only=True`: tensors and plain data only, plus `stand_ins` (a class and the pickled
-    name it replaces). Failure is one line naming the file; `what` says what it should have been. `mmap` maps
-    tensors instead of reading them."""
+    unpickled on the CPU with `weights_only=True`: tensors and plain data only, plus `stand_ins` (a class and the
+    pickled name it replaces). Failure is one line naming the file; `what` says what it should have been. `mmap`
+    maps tensors instead of reading them."""
     verify_torch_file(path)
     try:
         with torch.serialization.safe_globals(list(stand_ins)):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the class or function it stopped at; bad bytes are "Unsupported operand".
         if any(s in str(e) for s in ("GLOBAL", "unrecognized function", "Can only")):
