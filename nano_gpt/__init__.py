@@ -1,10 +1,44 @@
-"""nano-gpt: train, evaluate, sample from and export GPT-2 models."""
+"""nano-gpt: train, evaluate, sample from and export GPT-2 models.
+
+The names that need torch are imported on first use, so that `nano-gpt --help`, which imports this package,
+answers without loading torch.
+"""
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.generate import generate
-from nano_gpt.model import GPT
-from nano_gpt.pretrained import load_pretrained
-from nano_gpt.tokenizer import get_tokenizer
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "NanoGPTError", "generate", "get_tokenizer", "load_pretrained"]
+
+_LAZY = {"GPT": "nano_gpt.model", "generate": "nano_gpt.generate", "get_tokenizer": "nano_gpt.tokenizer",
+         "load_pretrained": "nano_gpt.pretrained"}
+
+if TYPE_CHECKING:
+    from nano_gpt.generate import generate
+    from nano_gpt.model import GPT
+    from nano_gpt.pretrained import load_pretrained
+    from nano_gpt.tokenizer import get_tokenizer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule nano_gpt.generate binds it as this package's `generate`; the package's
+        # `generate` is the function, as it was before it was loaded lazily.
+        if name == "generate" and isinstance(value, types.ModuleType):
+            value = value.generate
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

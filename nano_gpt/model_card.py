@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from nano_gpt.config import GPTConfig
+from nano_gpt.defaults import DEFAULT_LICENSE
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
 from nano_gpt.peer_checkpoints import read_checkpoint_file
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 PLOT_FILE = "training_log.png"
 LOG_FILE = "train_log.jsonl"
-DEFAULT_LICENSE = "mit"  # GPT-2's own license, and nano-gpt's
 SAMPLE_PROMPT = "Hello, I'm a language model,"
 
 # Our dataset names as Hub dataset ids and as words; `hf:OWNER/NAME` datasets are their own id.

@@ -1,16 +1,21 @@
-"""Options and model loading shared by several subcommands."""
+"""Options and model loading shared by several subcommands.
+
+Nothing here imports torch at module level: the options are built for --help, the loaders import where they run.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from nano_gpt.checkpoint import model_from_checkpoint
+from nano_gpt.defaults import DTYPE_CHOICES
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.model import GPT
-from nano_gpt.pretrained import load_pretrained, load_pretrained_with_tokenizer
-from nano_gpt.runtime import DTYPE_CHOICES
-from nano_gpt.tokenizer import Tokenizer, get_tokenizer
+
+if TYPE_CHECKING:
+    from nano_gpt.model import GPT
+    from nano_gpt.tokenizer import Tokenizer
 
 PretrainedOption = Annotated[
     Optional[str],
@@ -34,6 +39,9 @@ def _check_choice(pretrained: str | None, checkpoint: Path | None, default: str 
 
 def load_model(pretrained: str | None, checkpoint: Path | None, default: str | None = "gpt2") -> GPT:
     """The model named by --pretrained or --checkpoint (at most one), else the `default` pretrained."""
+    from nano_gpt.checkpoint import model_from_checkpoint
+    from nano_gpt.pretrained import load_pretrained
+
     _check_choice(pretrained, checkpoint, default)
     if checkpoint is not None:
         return model_from_checkpoint(checkpoint)
@@ -44,6 +52,10 @@ def load_model_and_tokenizer(pretrained: str | None, checkpoint: Path | None,
                              default: str | None = "gpt2") -> tuple[GPT, Tokenizer]:
     """`load_model`, and the tokenizer that goes with the model: a Hugging Face folder's own, if it has one
     that is not GPT-2's, else GPT-2's (every checkpoint format nano-gpt reads is trained on GPT-2 tokens)."""
+    from nano_gpt.checkpoint import model_from_checkpoint
+    from nano_gpt.pretrained import load_pretrained_with_tokenizer
+    from nano_gpt.tokenizer import get_tokenizer
+
     _check_choice(pretrained, checkpoint, default)
     if checkpoint is not None:
         return model_from_checkpoint(checkpoint), get_tokenizer()
