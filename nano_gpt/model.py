@@ -6,6 +6,7 @@ Shapes: B batch, T sequence length, C n_embd, nh heads, hs head size, V vocabula
 """
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -111,19 +112,25 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         caches: list[KVCache] | None = None,
         input_pos: int = 0,
+        return_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Logits (B, T, V) for token ids idx (B, T); or, when targets (B, T) are given, (None, the mean
-        cross-entropy), ignoring targets of -1.
+        """(logits (B, T, V), loss) for token ids idx (B, T), as nanoGPT's `logits, loss = model(x, y)`: the loss is
+        the mean cross-entropy against targets (B, T), ignoring targets of -1, and None without targets.
 
-        The loss comes from `linear_cross_entropy`, which never holds the (B * T, V) logits (412 MB at
-        2,048 tokens in fp32); callers that need logits call without targets.
+        Training passes `return_logits=False`: the loss then comes from `linear_cross_entropy`, which never holds
+        the (B * T, V) logits (412 MB at 2,048 tokens in fp32), and the logits are None. It is a keyword of
+        `forward`, not a method of its own, so that DDP, FSDP and `torch.compile`, which wrap `forward`, see it.
         With `caches` (one per layer, see `new_kv_caches`), idx holds the tokens at positions
         input_pos..input_pos+T and earlier positions are read from the cache.
         """
         x = self.hidden_states(idx, caches, input_pos)  # (B, T, C)
-        if targets is not None:
+        if targets is not None and not return_logits:
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), ignore_index=-1)
-        return self.lm_head(x), None  # (B, T, V)
+        logits = self.lm_head(x)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        # The softmax over the vocabulary in fp32, as the fused loss computes it, also under autocast.
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1), ignore_index=-1)
 
     def hidden_states(
         self,
@@ -153,3 +160,32 @@ class GPT(nn.Module):
         c, p = self.config, self.lm_head.weight
         max_length = max_length or c.block_size
         return [KVCache(batch_size, c.n_head, max_length, c.head_size, p.device, p.dtype) for _ in range(c.n_layer)]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike) -> "GPT":
+        """A GPT with pretrained weights, on the CPU in fp32 and in eval mode: a Hub name or id ("gpt2",
+        "openai-community/gpt2-medium"), a Hugging Face model folder, or a checkpoint file (nano-gpt's or a peer
+        project's), as nanoGPT's and build-nanogpt's `GPT.from_pretrained("gpt2")`."""
+        return _load_pretrained(os.fspath(name_or_path))
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None) -> torch.Tensor:
+        """nanoGPT's `model.generate`: idx (B, T) continued by `max_new_tokens` tokens sampled with torch's global
+        random generator, as a (B, T + max_new_tokens) tensor; `top_k` keeps the k most likely tokens.
+
+        It runs `nano_gpt.generate.generate` (KV cache, no end-of-text stop, GPT-2's 50,257 token ids); call that
+        for top-p, greedy decoding, a seeded generator, another vocabulary or streaming. Unlike nanoGPT's, the
+        context does not slide: T + max_new_tokens must fit in block_size.
+        """
+        from nano_gpt.generate import generate  # generate.py imports this module
+
+        rows = generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, eos_token=None)
+        return torch.tensor(rows, dtype=torch.long, device=idx.device)  # (B, T + max_new_tokens)
+
+
+def _load_pretrained(name_or_path: str) -> GPT:
+    """The one place `GPT.from_pretrained` reaches the loaders; imported here, as the loaders import this
+    module and `model.py` holds no file or conversion code."""
+    from nano_gpt.checkpoint import load_model
+
+    return load_model(name_or_path)

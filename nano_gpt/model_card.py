@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from nano_gpt.checkpoint import OURS, OURS_SHARDED, Checkpoint
 from nano_gpt.config import SAMPLE_PROMPT, GPTConfig
+from nano_gpt.defaults import DEFAULT_LICENSE
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hub import HUB_ALIASES
 from nano_gpt.model import GPT
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PLOT_FILE = "training_log.png"
-DEFAULT_LICENSE = "mit"  # GPT-2's own license, and nano-gpt's
 
 # Our dataset names as Hub dataset ids and as words; `hf:OWNER/NAME` datasets are their own id.
 HUB_DATASETS = {"finewebedu": "HuggingFaceFW/fineweb-edu"}

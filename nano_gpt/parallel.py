@@ -31,13 +31,13 @@ from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from nano_gpt import distributed
+from nano_gpt.defaults import PARALLELISMS
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
 from nano_gpt.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-PARALLELISMS = ("auto", "ddp", "fsdp")
 BYTES_PER_PARAMETER = {"parameters": 4, "gradients": 4, "optimizer": 8}  # fp32 weights and grads, AdamW's 2 moments
 
 

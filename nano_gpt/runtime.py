@@ -18,6 +18,7 @@ import torch
 
 from nano_gpt import distributed
 from nano_gpt.config import PRESETS, GPTConfig
+from nano_gpt.defaults import DTYPE_CHOICES, DTYPE_NAMES
 from nano_gpt.errors import NanoGPTError
 
 logger = logging.getLogger(__name__)
@@ -25,12 +26,7 @@ logger = logging.getLogger(__name__)
 Purpose = Literal["train", "eval", "decode"]
 
 # --dtype values: the short names, and the torch names that earlier releases took.
-DTYPES: dict[str, torch.dtype | None] = {
-    "auto": None,
-    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-}
-DTYPE_CHOICES = "auto, fp32, bf16 or fp16"
+DTYPES: dict[str, torch.dtype | None] = {name: None if t is None else getattr(torch, t) for name, t in DTYPE_NAMES.items()}
 
 
 def dtype_name(dtype: torch.dtype) -> str:

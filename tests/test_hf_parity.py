@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from conftest import save_tiny_hf_gpt2
-from nano_gpt import load_pretrained
+from nano_gpt import GPT, load_pretrained
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hf import state_dict_from_hf
 
@@ -64,3 +64,14 @@ def test_corrupt_weights_are_a_user_error(tmp_path: Path) -> None:
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(NanoGPTError, match="corrupt"):
         load_pretrained(str(folder))
+
+
+def test_model_x_y_gives_the_logits_and_loss_of_transformers(tiny_hf_dir: Path) -> None:
+    idx = torch.randint(0, 1000, (2, 41), generator=torch.Generator().manual_seed(3))
+    model = GPT.from_pretrained(str(tiny_hf_dir))
+    hf = GPT2LMHeadModel.from_pretrained(tiny_hf_dir).eval()
+    with torch.no_grad():
+        logits, loss = model(idx[:, :-1], idx[:, 1:])  # nanoGPT's (x, y): y is x shifted by one
+        theirs = hf(idx, labels=idx)  # transformers shifts the labels itself
+    torch.testing.assert_close(logits, theirs.logits[:, :-1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, theirs.loss, atol=1e-5, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import struct
 import subprocess
 import sys
@@ -205,12 +206,29 @@ def test_labels_default_to_file_stems_and_clashing_stems_get_their_folder(tmp_pa
     assert [log.label for log in logs] == ["run1/train_log", "run2/train_log", "other"]
 
 
-def test_ema_starts_at_the_first_value_and_auto_smoothing_scales_with_the_run() -> None:
-    assert ema([5.0, 5.0, 5.0], 0.9) == pytest.approx([5.0, 5.0, 5.0])  # no pull towards zero
-    assert ema([1.0, 3.0], 0.5) == pytest.approx([1.0, 1 + 2 * 0.5 / 0.75])
-    assert ema([1.0, 3.0], 0.0) == [1.0, 3.0]
-    assert auto_smoothing(40) == 0.0
-    assert auto_smoothing(19_073) == pytest.approx(1 - 50 / 19_073)
+def _mean_error(curve: list[float], clean: list[float]) -> float:
+    return sum(abs(a - b) for a, b in zip(curve, clean, strict=True)) / len(clean)
+
+
+def test_smoothing_a_noisy_loss_curve_brings_it_closer_to_the_clean_one() -> None:
+    rng = random.Random(0)
+    clean = [3.0 + 8.0 * math.exp(-step / 1000) for step in range(2000)]
+    noisy = [v + rng.gauss(0, 0.3) for v in clean]
+    smoothed = ema(noisy, auto_smoothing(len(noisy)))
+    assert len(smoothed) == len(noisy)
+    assert _mean_error(smoothed, clean) < 0.7 * _mean_error(noisy, clean)  # it lags where the loss falls fast
+    assert _mean_error(smoothed[1000:], clean[1000:]) < 0.5 * _mean_error(noisy[1000:], clean[1000:])
+    assert ema(noisy, 0.0) == noisy  # 0 is no smoothing
+
+
+def test_a_smoothed_constant_stays_constant_from_the_first_point() -> None:
+    assert ema([5.0] * 100, 0.99) == pytest.approx([5.0] * 100)  # no pull towards zero at the start
+
+
+def test_auto_smoothing_leaves_short_runs_raw_and_smooths_longer_runs_more() -> None:
+    assert auto_smoothing(10) == 0.0
+    weights = [auto_smoothing(n) for n in (100, 1_000, 19_073)]
+    assert 0 < weights[0] < weights[1] < weights[2] < 1
 
 
 def test_zoom_cuts_off_the_first_steep_drop_of_the_loss(tmp_path: Path) -> None:

@@ -4,18 +4,42 @@
 import pytest
 import torch
 
-from nano_gpt import GPT, GPTConfig
+from nano_gpt import GPT, PRESETS, GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.train import RECIPES, TrainConfig
 from nano_gpt.train.metrics import flops_per_token, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
 
 
-def test_gpt2_recipe_is_the_papers() -> None:
+def test_every_model_resolves_to_a_schedule_it_can_run() -> None:
+    assert set(RECIPES) == set(PRESETS)  # every --model has a recipe
+    for name, preset in PRESETS.items():
+        c = TrainConfig(model=name, micro_batch_size=1, sequence_length=preset.block_size).resolved()
+        assert 0 < c.warmup_steps < c.max_steps and c.max_lr > 0, name
+        assert c.grad_accum_steps(world_size=1) >= 1, name  # whole micro-batches of the model's context
+
+
+def test_gpt2s_recipe_is_gpt3_smalls_on_build_nanogpts_token_budget() -> None:
+    # GPT-3 paper, table 2.1 and section B, for the 124M shape: 0.5M-token batches, learning rate 6e-4, warmup
+    # over 375M tokens; build-nanogpt trains it on 10B tokens.
     c = TrainConfig(model="gpt2").resolved()
-    assert (c.total_batch_size, c.max_lr, c.warmup_steps, c.max_steps) == (524_288, 6e-4, 715, 19_073)
-    assert c.max_steps * c.total_batch_size == pytest.approx(10e9, rel=0.001)  # 10B tokens
-    assert set(RECIPES) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt2-xs", "gpt2-xxs"}
+    assert c.total_batch_size == 2**19 and c.max_lr == 6e-4
+    assert c.warmup_steps * c.total_batch_size == pytest.approx(375e6, rel=0.001)
+    assert c.max_steps * c.total_batch_size == pytest.approx(10e9, rel=0.001)
+
+
+def test_larger_models_train_with_smaller_learning_rates() -> None:
+    lrs = [TrainConfig(model=name).resolved().max_lr for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")]
+    assert lrs == sorted(lrs, reverse=True) and len(set(lrs)) == len(lrs)
+
+
+def test_flags_win_over_the_recipe_and_the_rest_comes_from_it() -> None:
+    recipe = TrainConfig(model="gpt2-xs").resolved()
+    c = TrainConfig(model="gpt2-xs", max_lr=1e-2, max_steps=2 * recipe.max_steps).resolved()
+    assert (c.max_lr, c.max_steps) == (1e-2, 2 * recipe.max_steps)
+    assert (c.total_batch_size, c.warmup_steps) == (recipe.total_batch_size, recipe.warmup_steps)
+    other = TrainConfig(model="gpt2").resolved()
+    assert (other.total_batch_size, other.max_lr) != (recipe.total_batch_size, recipe.max_lr)  # each model its own
 
 
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine() -> None:

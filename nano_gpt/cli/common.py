@@ -1,13 +1,20 @@
-"""Options and model loading shared by several subcommands."""
+"""Options and model loading shared by several subcommands.
+
+Nothing here imports torch at module level: the options are built for --help, the loaders import where they run.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from nano_gpt.checkpoint import Checkpoint, read_checkpoint
+from nano_gpt.defaults import DTYPE_CHOICES
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.runtime import DTYPE_CHOICES
+
+if TYPE_CHECKING:
+    from nano_gpt.checkpoint import Checkpoint
 
 PretrainedOption = Annotated[
     Optional[str],
@@ -27,8 +34,10 @@ def read_model(pretrained: str | None, checkpoint: Path | None, default: str | N
     most one, else the `default` pretrained; read by the one reader, `nano_gpt.checkpoint.read_checkpoint`."""
     if pretrained is not None and checkpoint is not None:
         raise NanoGPTError("pass either --pretrained or --checkpoint, not both")
+    if pretrained is None and checkpoint is None and default is None:
+        raise NanoGPTError("pass --pretrained=NAME_OR_FOLDER or --checkpoint=FILE")
+    from nano_gpt.checkpoint import read_checkpoint  # torch: only once a command runs
+
     if checkpoint is not None:
         return read_checkpoint(checkpoint, hub=False)
-    if pretrained is None and default is None:
-        raise NanoGPTError("pass --pretrained=NAME_OR_FOLDER or --checkpoint=FILE")
     return read_checkpoint(pretrained or default)

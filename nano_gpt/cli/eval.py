@@ -1,22 +1,21 @@
 """`nano-gpt eval`: HellaSwag accuracy and validation loss of pretrained weights or a checkpoint."""
 
+from __future__ import annotations
+
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
-from nano_gpt.data import DEFAULT_DATASET_DIR, ShardLoader
+from nano_gpt.defaults import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.eval import HellaSwagResult, evaluate_hellaswag, load_hellaswag, validation_loss
-from nano_gpt.eval.validation import steps_within_split
-from nano_gpt.memory import check_fits, forward_bytes
-from nano_gpt.tokenizer import VOCAB_SIZE, is_gpt2
-from nano_gpt.runtime import Runtime
+
+if TYPE_CHECKING:
+    from nano_gpt.eval import HellaSwagResult
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,13 @@ def eval_model(
 
     HellaSwag accuracy (acc: the ending with the lowest total loss, acc_norm: the lowest loss per token) and, with --dataset, the mean validation loss. --debug logs the running accuracy after every example.
     """
+    from nano_gpt.data import ShardLoader
+    from nano_gpt.eval import evaluate_hellaswag, load_hellaswag, validation_loss
+    from nano_gpt.eval.validation import steps_within_split
+    from nano_gpt.memory import check_fits, forward_bytes
+    from nano_gpt.runtime import Runtime
+    from nano_gpt.tokenizer import VOCAB_SIZE, is_gpt2
+
     batch_size = batch_size if micro_batch_size is None else micro_batch_size
     loaded = read_model(pretrained, checkpoint)
     model, tokenizer = loaded.model, loaded.tokenizer()
@@ -65,6 +71,8 @@ def eval_model(
 
     hellaswag = None
     if examples is not None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         console = Console(stderr=True)
         columns = (TextColumn("hellaswag"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:

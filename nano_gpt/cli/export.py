@@ -6,12 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, read_model
-from nano_gpt.runtime import resolve_device
+from nano_gpt.defaults import DEFAULT_LICENSE
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.export import prepare_export_dir, export_model
-from nano_gpt.tokenizer import is_gpt2
-from nano_gpt.hub import check_repo_id, push_to_hub
-from nano_gpt.model_card import DEFAULT_LICENSE, facts_from_checkpoint, facts_from_pretrained, read_model_card
 
 
 def export(
@@ -42,6 +38,12 @@ def export(
     `transformers`, `nano-gpt sample --pretrained=FOLDER` and `hf upload` take the folder as it is;
     --push-to-hub=USER/REPO uploads it once it is complete.
     """
+    from nano_gpt.export import export_model, prepare_export_dir
+    from nano_gpt.hub import check_repo_id, push_to_hub
+    from nano_gpt.model_card import facts_from_checkpoint, facts_from_pretrained, read_model_card
+    from nano_gpt.runtime import resolve_device
+    from nano_gpt.tokenizer import is_gpt2
+
     if (private or revision) and push_to_hub_repo is None:
         raise NanoGPTError("--private and --revision go with --push-to-hub=USER/REPO")
     if push_to_hub_repo is not None:

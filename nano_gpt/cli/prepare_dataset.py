@@ -5,8 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.data import DEFAULT_DATASET_DIR, DEFAULT_TOKENS_PER_SHARD
-from nano_gpt.data import prepare_dataset as prepare
+from nano_gpt.defaults import DEFAULT_DATASET_DIR, DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
 
 
@@ -25,6 +24,8 @@ def prepare_dataset(
 
     Each document is <|endoftext|> followed by its tokens. A killed run resumes where it stopped when run again; a finished split is kept unless --force. A second run on the same split waits for the first.
     """
+    from nano_gpt.data import prepare_dataset as prepare
+
     if num_procs is not None and num_workers is not None and num_procs != num_workers:
         raise NanoGPTError(f"--num-procs={num_procs} and --num-workers={num_workers} disagree; pass one of them")
     num_workers = num_workers if num_procs is None else num_procs

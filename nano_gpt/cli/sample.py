@@ -6,16 +6,11 @@ import math
 import sys
 from typing import Annotated, Optional
 
-import torch
 import typer
 
 from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
 from nano_gpt.config import SAMPLE_PROMPT
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.generate import generate
-from nano_gpt.memory import check_fits, decode_bytes
-from nano_gpt.runtime import Runtime
-from nano_gpt.tokenizer import check_ids_fit
 from nano_gpt.train.config import MAX_SEED
 
 logger = logging.getLogger(__name__)
@@ -43,6 +38,13 @@ def sample(
 
     Prints one `> ` line per sequence; with --num-sequences=1 the text streams as it is generated.
     """
+    import torch
+
+    from nano_gpt.generate import generate
+    from nano_gpt.memory import check_fits, decode_bytes
+    from nano_gpt.runtime import Runtime
+    from nano_gpt.tokenizer import check_ids_fit
+
     num_sequences = num_sequences if sample_num_sequences is None else sample_num_sequences
     max_length = max_length if sample_max_length is None else sample_max_length
     seed = seed if sample_seed is None else sample_seed

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.train import TrainConfig, train as run_training
+from nano_gpt.train.config import TrainConfig
 
 # Spellings of other tools that keep working, hidden from --help: the seed project's `--checkpoint=FILE`.
 _ALIASES = {"checkpoint": "resume"}
@@ -38,6 +38,8 @@ def train(**options: Any) -> None:
     Under `torchrun --nproc_per_node=N $(which nano-gpt) train ...` it trains with DDP. Ctrl-C writes a
     checkpoint and stops; `--resume=auto` continues exactly where it stopped.
     """
+    from nano_gpt.train import train as run_training  # the loop imports torch; --help needs only TrainConfig
+
     for alias, name in _ALIASES.items():
         value = options.pop(alias)
         if value is not None:

@@ -47,12 +47,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, check_shard_sizes,
                                   load_manifest, shard_name, shard_ok, split_dir, split_lock, write_json_atomic)
 from nano_gpt.data.sources import Split, dataset_splits, default_validation_tokens
+from nano_gpt.defaults import DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOKENS_PER_SHARD = 100_000_000  # 200 MB of uint16: FineWeb-Edu's 10B tokens make about 100 shards
 PIECE_CHARS = 1 << 16  # long documents are cut into pieces of about this size, so one document uses many cores
 BATCH_CHARS = 1 << 18  # characters sent to a worker at a time
 LOG_EVERY_S = 10.0

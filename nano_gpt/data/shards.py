@@ -25,12 +25,12 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from nano_gpt.data.sources import dataset_slug
+from nano_gpt.defaults import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET_DIR = Path("dataset_cache")
 SHARD_DTYPE = np.dtype("<u2")
 MANIFEST = "manifest.json"
 PROGRESS = "progress.jsonl"  # only while a split is being prepared

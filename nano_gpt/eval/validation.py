@@ -49,7 +49,7 @@ def validation_loss(
         for _ in range(steps):
             x, y = loader.next_batch()
             with autocast(device, dtype):
-                _, loss = model(x.to(device), y.to(device))
+                _, loss = model(x.to(device), y.to(device), return_logits=False)
             total += loss.float()
     model.train(was_training)
     return all_reduce_mean(total / steps).item()

@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nano_gpt.config import PRESETS, GPTConfig
-from nano_gpt.data import DEFAULT_DATASET_DIR
+from nano_gpt.defaults import DEFAULT_DATASET_DIR, DTYPE_CHOICES, DTYPE_NAMES, PARALLELISMS
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.parallel import PARALLELISMS
 from nano_gpt.runlog import LOG_FILE
-from nano_gpt.runtime import DTYPE_CHOICES, DTYPES
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ class TrainConfig:
         """Refuse what cannot train: unknown names, and numbers out of range or not finite."""
         if self.model not in RECIPES and self.pretrained is None:
             raise NanoGPTError(f"unknown model {self.model!r}; choose one of: {', '.join(RECIPES)}")
-        if self.dtype not in DTYPES:
+        if self.dtype not in DTYPE_NAMES:
             raise NanoGPTError(f"unknown --dtype={self.dtype}; choose {DTYPE_CHOICES}")
         if self.parallelism not in PARALLELISMS:
             raise NanoGPTError(f"unknown --parallelism={self.parallelism}; choose {', '.join(PARALLELISMS)}")

@@ -54,7 +54,7 @@ def train_step(
         x, y = runtime.to_device(*next_batch())
         set_gradient_sync(model, micro_step == grad_accum - 1)
         with runtime.autocast():
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)  # the fused loss: no (B, T, V) logits
         loss = loss / grad_accum  # the mean over the whole step, not the sum of means
         loss_sum += loss.detach()
         scaler.scale(loss).backward()
