@@ -158,8 +158,8 @@ def _read_file(path: Path, weights: bool, train_state: bool) -> Checkpoint:
                                f"so it cannot be resumed; fine-tune from it with `nano-gpt train --pretrained={path}`")
         model = peer_model(state, path).float().eval()  # anything else: one line listing the formats
         return Checkpoint(path, fmt, model.config, model if weights else None)
+    resume = _train_state(state, path) if train_state else None  # the structure first: what resuming lacks
     config = _config(state["model_config"], str(path))
-    resume = _train_state(state, path) if train_state else None
     model = model_from_weights(config, state["model"], str(path)).float().eval() if weights or train_state else None
     return Checkpoint(path, OURS, config, model, **_facts(state), train_state=resume)
 
@@ -173,13 +173,14 @@ def _read_sharded(path: Path, weights: bool, train_state: bool) -> Checkpoint:
     state = read_sharded(path, metadata, wanted & stored)
     if not {"model", "model_config"} <= stored:
         raise NanoGPTError(f"{path} is a sharded checkpoint without nano-gpt's model and model_config")
-    config = _config(state["model_config"], str(path))
     if train_state:  # the weights arrive with the optimizer, straight into the resuming run's layout
         state |= {key: OnDisk(path) for key in _ON_DISK if key in stored}
         for key in ("scaler", "metrics"):  # empty dicts are not stored in a sharded checkpoint
             state.setdefault(key, {})
         resume = _train_state(state, path)
+        config = _config(state["model_config"], str(path))
         return Checkpoint(path, OURS_SHARDED, config, GPT(config), **_facts(state), train_state=resume)
+    config = _config(state["model_config"], str(path))
     model = model_from_weights(config, state["model"], str(path)).float().eval() if weights else None
     return Checkpoint(path, OURS_SHARDED, config, model, **_facts(state))
 
@@ -190,7 +191,7 @@ def _train_state(state: dict[str, Any], source: Path) -> dict[str, Any]:
         return NanoGPTError(f"checkpoint {source}: {what}; it cannot resume a run (sample, eval and export may "
                             "still read its weights)")
 
-    for key, kind in {**TRAIN_STATE, "model": dict}.items():
+    for key, kind in {**TRAIN_STATE, "model": dict, "model_config": dict}.items():
         if key not in state:
             raise bad(f"no {key!r}")
         value = state[key]
@@ -210,6 +211,10 @@ def _train_state(state: dict[str, Any], source: Path) -> dict[str, Any]:
     rng = state["rng"].get("torch")
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
         raise bad("'rng' has no torch generator state (a uint8 tensor)")
+    try:
+        GPTConfig.from_dict(state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise bad(f"'model_config' is not a GPT config ({e})") from e
     metrics = state.get("metrics")
     return {key: state[key] for key in (*TRAIN_STATE, *(k for k in _ON_DISK if isinstance(state[k], OnDisk)))} | {
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if isinstance(metrics, dict) else {}}
