@@ -35,12 +35,22 @@ def eval_model(
     batch_size: Annotated[int, typer.Option(min=1, help="HellaSwag examples, or validation sequences, per forward pass.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     micro_batch_size: Annotated[Optional[int], typer.Option(min=1, hidden=True)] = None,  # the seed's --batch-size
+    tasks: Annotated[Optional[str], typer.Option(help="lm-evaluation-harness tasks instead: NAME[,NAME] (hellaswag, arc_easy, piqa, ...) or task YAML files; needs `pip install 'nano-gpt[eval]'`.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="With --tasks: the first N examples of each task.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(min=0, help="With --tasks: examples shown before each question (default: the task's).")] = None,
 ) -> None:
     """Evaluate pretrained GPT-2 weights (default gpt2) or a training checkpoint.
 
     HellaSwag accuracy (acc: the ending with the lowest total loss, acc_norm: the lowest loss per token) and, with --dataset, the mean validation loss. --debug logs the running accuracy after every example.
     """
     batch_size = batch_size if micro_batch_size is None else micro_batch_size
+    if tasks is not None:
+        if dataset is not None or hellaswag_file is not None or hellaswag_samples is not None:
+            raise NanoGPTError("--tasks runs lm-evaluation-harness tasks only; run --dataset or --hellaswag-* apart")
+        _eval_tasks(pretrained, checkpoint, device, dtype, tasks, batch_size, limit, num_fewshot, json_output)
+        return
+    if limit is not None or num_fewshot is not None:
+        raise NanoGPTError("--limit and --num-fewshot go with --tasks")
     model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
     # The same precision decision as validation inside training, so the two val_loss figures agree.
     runtime = Runtime.build(device, dtype, "eval", model.config)
@@ -72,6 +82,28 @@ def eval_model(
                                            tokenizer=tokenizer, on_result=lambda _: progress.advance(task))
     val_loss = None if loader is None else validation_loss(model, loader, validation_steps, runtime.device, runtime.dtype)
     _print_summary(hellaswag, val_loss, validation_steps, json_output)
+
+
+def _eval_tasks(pretrained: str | None, checkpoint: Path | None, device: str, dtype: str, tasks: str, batch_size: int,
+                limit: int | None, num_fewshot: int | None, as_json: bool) -> None:
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise NanoGPTError("--tasks is empty; name one or more lm-evaluation-harness tasks, comma-separated")
+    try:
+        from lm_eval.utils import make_table
+
+        from nano_gpt.eval.harness import evaluate_tasks
+    except ImportError as e:
+        raise NanoGPTError(f"--tasks needs lm-evaluation-harness ({e.name} is missing): pip install 'nano-gpt[eval]'") from None
+    model, tokenizer = load_model_and_tokenizer(pretrained, checkpoint)
+    runtime = Runtime.build(device, dtype, "eval", model.config)
+    logger.info("evaluating %s on %s", ", ".join(names), runtime.describe())
+    model.to(runtime.device)
+    results = evaluate_tasks(model, tokenizer, names, runtime.device, runtime.dtype, batch_size, limit, num_fewshot)
+    if as_json:
+        print(json.dumps({key: results.get(key) for key in ("results", "versions", "n-samples")}, default=str))
+    else:
+        print(make_table(results))
 
 
 def _print_summary(hellaswag: HellaSwagResult | None, val_loss: float | None, validation_steps: int, as_json: bool) -> None:
