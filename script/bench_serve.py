@@ -42,7 +42,7 @@ def sample_alone(model: GPT, prompt: list[int], max_tokens: int, device: torch.d
 
 
 def stream_one(url: str, max_tokens: int, seed: int, out: list[dict]) -> None:
-    body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed, "stream": True,
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed, "top_k": 50, "stream": True,  # sample's top-k
             "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = None

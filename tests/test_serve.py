@@ -285,6 +285,34 @@ def test_batcher_refuses_jobs_past_its_queue(tiny_hf_gpt2_vocab_dir: Path) -> No
         batcher.submit([Job([1], 1, 1, Sampling(), events.append)])
 
 
+def test_waiting_prompts_of_different_lengths_are_prefilled_and_decoded_together(server: Server) -> None:
+    prompts = ["Hi", "The cat sat", "A much longer prompt about the weather in Paris", "Hello, I'm a model"]
+    batcher = Batcher(server.model, server.tokenizer, max_batch_size=8)  # jobs queue before the worker starts
+    events: dict[int, list[Event]] = {i: [] for i in range(len(prompts))}
+    ids = [server.tokenizer.encode_ordinary(p) for p in prompts]
+    batcher.submit([Job(ids[i], 1, 6, Sampling(temperature=0), events[i].append, logprobs=1, echo_logprobs=True)
+                    for i in range(len(prompts))])
+    batcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not all(e and e[-1].done for e in events.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        batcher.stop()
+    for i, prompt_ids in enumerate(ids):
+        text = "".join(e.deltas[0].text for e in events[i] if e.deltas)
+        [row] = generate(server.model, torch.tensor([prompt_ids]), 6, greedy=True, vocab_size=server.tokenizer.n_vocab)
+        assert text == server.tokenizer.decode(row[len(prompt_ids):])
+        [scored] = [e.prompt_logprobs for e in events[i] if e.prompt_logprobs]
+        with torch.no_grad():
+            want = server.model(torch.tensor([prompt_ids]))[0][0, :-1].log_softmax(-1)
+        want = want.gather(-1, torch.tensor(prompt_ids[1:])[:, None])[:, 0]
+        assert torch.allclose(torch.tensor([t.logprob for t in scored[1:]]), want, atol=1e-4)
+    # One decode step per token after the first, for all four at once (the longest prompt in a pass of its own)
+    assert batcher.load()["steps"] == 5
+
+
 def test_serve_command_answers_until_stopped(tiny_hf_gpt2_vocab_dir: Path) -> None:
     env = {**os.environ, "NANO_GPT_API_KEY": KEY}
     process = subprocess.Popen([sys.executable, "-m", "nano_gpt", "serve", f"--pretrained={tiny_hf_gpt2_vocab_dir}",

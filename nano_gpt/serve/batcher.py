@@ -27,6 +27,7 @@ from nano_gpt.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 CACHE_STEP = 64  # the cache's length grows in these steps
+PREFILL_SPREAD = 2  # prompts prefilled together differ in length by at most this factor
 
 
 class QueueFull(Exception):
@@ -206,53 +207,76 @@ class Batcher:
         return sum(job.n for job in self._running)
 
     def _admit(self) -> None:
-        """Prefill waiting jobs while their rows fit, in arrival order."""
+        """Prefill waiting jobs while their rows fit, in arrival order, those of similar length together."""
         while True:
+            group: list[Job] = []
             with self._wake:
-                if not self._pending or self._rows_running() + self._pending[0].n > self.max_batch_size:
-                    return
-                job = self._pending.popleft()
-            if job.cancelled:
+                rows = self._rows_running()
+                while self._pending and rows + self._pending[0].n <= self.max_batch_size:
+                    job = self._pending[0]
+                    if group and not PREFILL_SPREAD * len(job.prompt) >= len(group[0].prompt) >= len(job.prompt) / PREFILL_SPREAD:
+                        break  # far from the group's length: most of its pass would be padding
+                    group.append(self._pending.popleft())
+                    rows += job.n
+            if not group:
+                return
+            for job in [j for j in group if j.cancelled]:
                 self.stats["cancelled"] += 1
                 job.deliver(Event(done=True))
+            group = [j for j in group if not j.cancelled]
+            if not group:
                 continue
             try:
-                self._prefill(job)
-            except Exception as e:  # noqa: BLE001 - this job fails (out of memory, a bug); the others go on
+                self._prefill(group)
+            except Exception as e:  # noqa: BLE001 - these jobs fail (out of memory, a bug); the others go on
                 logger.exception("prefill failed")
-                self.stats["failed"] += 1
-                job.deliver(Event(done=True, error=f"generation failed: {type(e).__name__}: {e}"))
-                if job in self._running:
-                    self._remove(job)
+                for job in group:
+                    self.stats["failed"] += 1
+                    job.deliver(Event(done=True, error=f"generation failed: {type(e).__name__}: {e}"))
+                    if job in self._running:
+                        self._remove(job)
 
-    def _prefill(self, job: Job) -> None:
-        """The prompt through the model in one pass (as `generate` does), its keys and values copied into
-        the batch cache, and the first tokens drawn."""
-        job.rows = [_Row() for _ in range(job.n)]
-        job.generator = torch.Generator(self.device)
-        if job.sampling.seed is not None:
-            job.generator.manual_seed(job.sampling.seed)
-        else:
-            job.generator.seed()
-        T = len(job.prompt)
-        prompt = torch.tensor([job.prompt] * job.n, dtype=torch.long, device=self.device)  # (n, T)
-        caches = self.model.new_kv_caches(job.n, T)
-        hidden = self.model.hidden_states(prompt, caches)  # (n, T, C)
-        if job.echo_logprobs:
-            job.deliver(Event(prompt_logprobs=self._prompt_logprobs(job, hidden[0])))
-        if job.max_tokens == 0:
-            self._finish(job, "length")
-            return
-        logits = self.model.lm_head(hidden[:, -1])  # (n, V)
-        job.finished = torch.zeros(job.n, dtype=torch.bool, device=self.device)
-        start = self._rows_running()
-        self._reserve(start + job.n, T + job.max_tokens)
-        for layer, cache in enumerate(caches):
-            self._k[layer][start : start + job.n, :, :T] = cache.k
-            self._v[layer][start : start + job.n, :, :T] = cache.v
-        self._running.append(job)
-        if self._sample(job, logits):
-            self._remove(job)
+    def _prefill(self, jobs: list[Job]) -> None:
+        """The jobs' prompts through the model in one pass, their keys and values copied into the batch
+        cache, and their first tokens drawn.
+
+        Prompts are right-padded to the longest: causal attention keeps padding out of every real position,
+        and the decode mask hides the cache positions it wrote until real tokens overwrite them. A job alone
+        is prefilled exactly as `generate` prefills it, (n, T) rows with nothing padded.
+        """
+        rows = [job.prompt for job in jobs for _ in range(job.n)]
+        T = max(map(len, rows))
+        prompt = torch.zeros(len(rows), T, dtype=torch.long, device=self.device)  # (B, T) right-padded
+        for r, ids in enumerate(rows):
+            prompt[r, : len(ids)] = torch.tensor(ids, device=self.device)
+        caches = self.model.new_kv_caches(len(rows), T)
+        hidden = self.model.hidden_states(prompt, caches)  # (B, T, C)
+        first = 0
+        for job in jobs:
+            n, length = job.n, len(job.prompt)
+            job.rows = [_Row() for _ in range(n)]
+            job.generator = torch.Generator(self.device)
+            if job.sampling.seed is not None:
+                job.generator.manual_seed(job.sampling.seed)
+            else:
+                job.generator.seed()
+            if job.echo_logprobs:
+                job.deliver(Event(prompt_logprobs=self._prompt_logprobs(job, hidden[first, :length])))
+            if job.max_tokens == 0:
+                self._finish(job, "length")
+                first += n
+                continue
+            logits = self.model.lm_head(hidden[first : first + n, length - 1])  # (n, V)
+            job.finished = torch.zeros(n, dtype=torch.bool, device=self.device)
+            start = self._rows_running()
+            self._reserve(start + n, length + job.max_tokens)
+            for layer, cache in enumerate(caches):
+                self._k[layer][start : start + n, :, :length] = cache.k[first : first + n, :, :length]
+                self._v[layer][start : start + n, :, :length] = cache.v[first : first + n, :, :length]
+            self._running.append(job)
+            if self._sample(job, logits):
+                self._remove(job)
+            first += n
 
     def _prompt_logprobs(self, job: Job, hidden: torch.Tensor) -> list[TokenLogprobs]:
         logprobs = self.model.lm_head(hidden[:-1])[:, : self.vocab_size].float().log_softmax(-1)  # (T - 1, V)
