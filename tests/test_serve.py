@@ -118,6 +118,21 @@ def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(server: Server) 
     assert result.usage.completion_tokens == 0 and result.usage.prompt_tokens == len(ids)
 
 
+def test_lm_eval_local_completions_reads_our_loglikelihoods(server: Server) -> None:
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    ctx, cont = server.tokenizer.encode_ordinary("The cat sat on"), server.tokenizer.encode_ordinary(" the mat")
+    # The body lm-eval's local-completions sends for loglikelihood requests (token ids, echo, one new token)
+    body = {"model": "tiny", "prompt": [ctx + cont], "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234,
+            "echo": True}
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=30).json()
+    [(logprob, _)] = LocalCompletionsAPI.parse_logprobs(response, ctxlens=[len(ctx)])
+    with torch.no_grad():
+        logits = server.model(torch.tensor([ctx + cont]))[0][0, len(ctx) - 1 : -1]
+    want = logits.log_softmax(-1).gather(-1, torch.tensor(cont)[:, None]).sum().item()
+    assert logprob == pytest.approx(want, abs=1e-4)
+
+
 def test_generated_logprobs_are_the_sampled_tokens(server: Server) -> None:
     result = server.client().completions.create(model="tiny", prompt=PROMPT, max_tokens=5, logprobs=3, seed=6)
     lp = result.choices[0].logprobs
@@ -190,7 +205,7 @@ BAD_REQUESTS = [
     (b'{"prompt": "Hi", "seed": -1}', 400, "seed"),
     (b'{"prompt": "Hi", "seed": 18446744073709551616}', 400, "seed"),
     (b'{"prompt": "Hi", "logprobs": 100}', 400, "logprobs"),
-    (b'{"prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}', 400, "stop"),
+    (b'{"prompt": "Hi", "stop": ' + json.dumps([str(i) for i in range(17)]).encode() + b"}", 400, "stop"),
     (b'{"prompt": "Hi", "stop": [""]}', 400, "stop"),
     (b'{"prompt": "Hi", "stream": "yes"}', 400, "stream"),
     (b'{"prompt": "Hi", "frequency_penalty": 0.5}', 400, "frequency_penalty"),

@@ -26,7 +26,7 @@ from nano_gpt.serve.batcher import Batcher, Event, Job, QueueFull, Sampling, Tok
 logger = logging.getLogger(__name__)
 
 MAX_LOGPROBS = 20
-MAX_STOPS = 4
+MAX_STOPS = 16  # OpenAI allows 4; lm-eval adds end-of-text to a task's own stop strings
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_SEED = 2**64 - 1  # torch.Generator's range
 
