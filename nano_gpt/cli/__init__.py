@@ -44,7 +44,7 @@ def _register() -> None:
     # Imported here so each subcommand lives in its own module next to this one.
     from nano_gpt.cli import plot
     from nano_gpt.cli import prepare_dataset
-    from nano_gpt.cli import export, sample, train
+    from nano_gpt.cli import export, sample, serve, train
     from nano_gpt.cli import eval as eval_command
 
     app.command("sample")(sample.sample)
@@ -53,6 +53,7 @@ def _register() -> None:
     app.command("plot")(plot.plot)
     app.command("export")(export.export)
     app.command("eval")(eval_command.eval_model)
+    app.command("serve")(serve.serve)
 
 
 _register()

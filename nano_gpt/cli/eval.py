@@ -34,6 +34,9 @@ def eval_model(
     batch_size: Annotated[int, typer.Option(min=1, help="HellaSwag examples, or validation sequences, per forward pass.")] = 8,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     micro_batch_size: Annotated[Optional[int], typer.Option(min=1, hidden=True)] = None,  # the seed's --batch-size
+    tasks: Annotated[Optional[str], typer.Option(help="lm-evaluation-harness tasks instead: NAME[,NAME] (hellaswag, arc_easy, piqa, ...) or task YAML files; needs `pip install 'nano-gpt[eval]'`.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="With --tasks: the first N examples of each task.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(min=0, help="With --tasks: examples shown before each question (default: the task's).")] = None,
 ) -> None:
     """Evaluate pretrained GPT-2 weights (default gpt2) or a training checkpoint.
 
@@ -47,6 +50,13 @@ def eval_model(
     from nano_gpt.tokenizer import VOCAB_SIZE, is_gpt2
 
     batch_size = batch_size if micro_batch_size is None else micro_batch_size
+    if tasks is not None:
+        if dataset is not None or hellaswag_file is not None or hellaswag_samples is not None:
+            raise NanoGPTError("--tasks runs lm-evaluation-harness tasks only; run --dataset or --hellaswag-* apart")
+        _eval_tasks(pretrained, checkpoint, device, dtype, tasks, batch_size, limit, num_fewshot, json_output)
+        return
+    if limit is not None or num_fewshot is not None:
+        raise NanoGPTError("--limit and --num-fewshot go with --tasks")
     loaded = read_model(pretrained, checkpoint)
     model, tokenizer = loaded.model, loaded.tokenizer()
     # The same precision decision as validation inside training, so the two val_loss figures agree.
@@ -81,6 +91,29 @@ def eval_model(
                                            tokenizer=tokenizer, on_result=lambda _: progress.advance(task))
     val_loss = None if loader is None else validation_loss(model, loader, validation_steps, runtime.device, runtime.dtype)
     _print_summary(hellaswag, val_loss, validation_steps, json_output)
+
+
+def _eval_tasks(pretrained: str | None, checkpoint: Path | None, device: str, dtype: str, tasks: str, batch_size: int,
+                limit: int | None, num_fewshot: int | None, as_json: bool) -> None:
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise NanoGPTError("--tasks is empty; name one or more lm-evaluation-harness tasks, comma-separated")
+    try:
+        from lm_eval.utils import make_table
+
+        from nano_gpt.eval.harness import evaluate_tasks
+    except ImportError as e:
+        raise NanoGPTError(f"--tasks needs lm-evaluation-harness ({e.name} is missing): pip install 'nano-gpt[eval]'") from None
+    loaded = read_model(pretrained, checkpoint)
+    model, tokenizer = loaded.model, loaded.tokenizer()
+    runtime = Runtime.build(device, dtype, "eval", model.config)
+    logger.info("evaluating %s on %s", ", ".join(names), runtime.describe())
+    model.to(runtime.device)
+    results = evaluate_tasks(model, tokenizer, names, runtime.device, runtime.dtype, batch_size, limit, num_fewshot)
+    if as_json:
+        print(json.dumps({key: results.get(key) for key in ("results", "versions", "n-samples")}, default=str))
+    else:
+        print(make_table(results))
 
 
 def _print_summary(hellaswag: HellaSwagResult | None, val_loss: float | None, validation_steps: int, as_json: bool) -> None:
