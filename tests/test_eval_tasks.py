@@ -9,7 +9,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from conftest import assert_one_line_error, run_cli_here
-from nano_gpt.cli.common import load_model_and_tokenizer
+from nano_gpt.checkpoint import read_checkpoint
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.eval.harness import NanoGPTLM, resolve_tasks
 from nano_gpt.generate import generate
@@ -67,7 +67,8 @@ def test_tasks_give_the_same_accuracy_as_the_builtin_hellaswag(tiny_hf_gpt2_voca
 
 @pytest.fixture(scope="module")
 def lm(tiny_hf_gpt2_vocab_dir: Path) -> NanoGPTLM:
-    model, tokenizer = load_model_and_tokenizer(str(tiny_hf_gpt2_vocab_dir), None)
+    loaded = read_checkpoint(str(tiny_hf_gpt2_vocab_dir))
+    model, tokenizer = loaded.model, loaded.tokenizer()
     return NanoGPTLM(model, tokenizer, torch.device("cpu"), None, batch_size=3)
 
 

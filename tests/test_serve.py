@@ -18,7 +18,7 @@ import torch
 import uvicorn
 
 from conftest import assert_one_line_error, run_cli_here
-from nano_gpt.cli.common import load_model_and_tokenizer
+from nano_gpt.checkpoint import read_checkpoint
 from nano_gpt.cli.serve import _listen
 from nano_gpt.generate import generate
 from nano_gpt.serve.app import create_app
@@ -32,7 +32,8 @@ class Server:
     """The API on an ephemeral port in a thread of this process, as `nano-gpt serve` runs it."""
 
     def __init__(self, folder: Path, api_key: str | None = None, **batcher_options: int) -> None:
-        model, self.tokenizer = load_model_and_tokenizer(str(folder), None)
+        loaded = read_checkpoint(str(folder))
+        model, self.tokenizer = loaded.model, loaded.tokenizer()
         self.model = model
         self.batcher = Batcher(model, self.tokenizer, **batcher_options)
         sock = _listen("127.0.0.1", 0)
@@ -297,7 +298,8 @@ def test_stop_strings_end_the_text_before_them(server: Server) -> None:
 
 
 def test_batcher_refuses_jobs_past_its_queue(tiny_hf_gpt2_vocab_dir: Path) -> None:
-    model, tokenizer = load_model_and_tokenizer(str(tiny_hf_gpt2_vocab_dir), None)
+    loaded = read_checkpoint(str(tiny_hf_gpt2_vocab_dir))
+    model, tokenizer = loaded.model, loaded.tokenizer()
     batcher = Batcher(model, tokenizer, max_batch_size=2, max_queue=2)  # not started: nothing leaves the queue
     events: list[Event] = []
     batcher.submit([Job([1], 1, 1, Sampling(), events.append)] * 2)

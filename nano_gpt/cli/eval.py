@@ -104,6 +104,8 @@ def _eval_tasks(pretrained: str | None, checkpoint: Path | None, device: str, dt
         from nano_gpt.eval.harness import evaluate_tasks
     except ImportError as e:
         raise NanoGPTError(f"--tasks needs lm-evaluation-harness ({e.name} is missing): pip install 'nano-gpt[eval]'") from None
+    from nano_gpt.runtime import Runtime
+
     loaded = read_model(pretrained, checkpoint)
     model, tokenizer = loaded.model, loaded.tokenizer()
     runtime = Runtime.build(device, dtype, "eval", model.config)
