@@ -204,7 +204,7 @@ class _Exploding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(4))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[None, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, return_logits: bool = True) -> tuple[None, torch.Tensor]:
         return None, (_InfiniteGradient.apply(self.weight) * x).sum()
 
 

@@ -105,7 +105,7 @@ def test_sigkill_after_a_sharded_checkpoint_then_resume_continues_identically(ki
     run = killed_and_resumed
     assert run["checkpoints_at_kill"] == ["checkpoint_000002"]  # a folder of shards, complete, and the newest
     shards = sorted(p.name for p in (run["folder"] / "checkpoint_000002").iterdir())
-    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json"]  # each rank wrote its own
     resumed = _train_losses(run["folder"] / "train_log.jsonl")
     assert list(resumed) == list(range(6))  # the log reads as one run
     assert resumed[3] == run["before"][3]  # bit-identical: the step the killed run had already taken
@@ -151,6 +151,7 @@ class _RunsCode:
 
 def test_a_sharded_checkpoint_that_pickles_code_is_refused_without_running_it(tmp_path: Path) -> None:
     from nano_gpt.errors import NanoGPTError
+    from nano_gpt.checkpoint.integrity import folder_checksums
     from nano_gpt.checkpoint.sharded import save_sharded
 
     marker = tmp_path / "ran"
@@ -159,6 +160,11 @@ def test_a_sharded_checkpoint_that_pickles_code_is_refused_without_running_it(tm
         read_checkpoint(tmp_path / "entry")
     save_sharded(tmp_path / "index", {"model": {"w": torch.ones(2)}, "model_config": {}})
     (tmp_path / "index" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(NanoGPTError, match="is damaged: .metadata"):  # its checksum no longer matches
+        load_model(tmp_path / "index")
+    # Whoever can replace the index can rewrite its checksum too: the unpickler still refuses it.
+    checksums = tmp_path / "index" / "checksums.json"
+    checksums.write_text(json.dumps(folder_checksums(tmp_path / "index")))
     with pytest.raises(NanoGPTError, match="refuses to load"):
         load_model(tmp_path / "index")
     assert not marker.exists()
