@@ -23,6 +23,22 @@ class Quantize(str, Enum):
     int8 = "int8"
 
 
+class ExportFormat(str, Enum):
+    """--format of `nano-gpt export`: a Hugging Face model folder, or one GGUF file for llama.cpp."""
+
+    hf = "hf"
+    gguf = "gguf"
+
+
+class GgufType(str, Enum):
+    """--gguf-type: the GGML type of a GGUF export's matrices (`nano_gpt.gguf_export`)."""
+
+    f32 = "f32"
+    f16 = "f16"
+    bf16 = "bf16"
+    q8_0 = "q8_0"
+
+
 PARALLELISMS = ("auto", "ddp", "fsdp")  # --parallelism (see `nano_gpt.parallel`)
 DEFAULT_DATASET_DIR = Path("dataset_cache")  # where prepared shards live (see `nano_gpt.data.shards`)
 DEFAULT_TOKENS_PER_SHARD = 100_000_000  # 200 MB of uint16: FineWeb-Edu's 10B tokens make about 100 shards
