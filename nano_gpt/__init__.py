@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING, Any
 from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.errors import NanoGPTError
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "NanoGPTError", "generate", "get_tokenizer", "load_pretrained"]
+__all__ = ["GPT", "GPTConfig", "PRESETS", "NanoGPTError", "for_inference", "generate", "get_tokenizer", "load_pretrained"]
 
 # name -> (module, attribute): `load_pretrained` is the one reader's `load_model`.
 _LAZY = {"GPT": ("nano_gpt.model", "GPT"), "generate": ("nano_gpt.generate", "generate"),
+         "for_inference": ("nano_gpt.generate", "for_inference"),
          "get_tokenizer": ("nano_gpt.tokenizer", "get_tokenizer"),
          "load_pretrained": ("nano_gpt.checkpoint", "load_model")}
 
 if TYPE_CHECKING:
-    from nano_gpt.generate import generate
+    from nano_gpt.generate import for_inference, generate
     from nano_gpt.model import GPT
     from nano_gpt.checkpoint import load_model as load_pretrained
     from nano_gpt.tokenizer import get_tokenizer

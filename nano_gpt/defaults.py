@@ -4,6 +4,7 @@
 torch, numpy or datasets are imported; the modules that act on the values import them from here.
 """
 
+from enum import Enum
 from pathlib import Path
 
 # --dtype values and the torch dtype each names (`nano_gpt.runtime.DTYPES`); the long names are the torch
@@ -13,6 +14,31 @@ DTYPE_NAMES: dict[str, str | None] = {
     "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
 }
 DTYPE_CHOICES = "auto, fp32, bf16 or fp16"
+
+
+class Quantize(str, Enum):
+    """--quantize: `int8` stores weights as int8 with one scale per output channel (`nano_gpt.quantize`)."""
+
+    none = "none"
+    int8 = "int8"
+
+
+class ExportFormat(str, Enum):
+    """--format of `nano-gpt export`: a Hugging Face model folder, or one GGUF file for llama.cpp."""
+
+    hf = "hf"
+    gguf = "gguf"
+
+
+class GgufType(str, Enum):
+    """--gguf-type: the GGML type of a GGUF export's matrices (`nano_gpt.gguf_export`)."""
+
+    f32 = "f32"
+    f16 = "f16"
+    bf16 = "bf16"
+    q8_0 = "q8_0"
+
+
 PARALLELISMS = ("auto", "ddp", "fsdp")  # --parallelism (see `nano_gpt.parallel`)
 DEFAULT_DATASET_DIR = Path("dataset_cache")  # where prepared shards live (see `nano_gpt.data.shards`)
 DEFAULT_TOKENS_PER_SHARD = 100_000_000  # 200 MB of uint16: FineWeb-Edu's 10B tokens make about 100 shards

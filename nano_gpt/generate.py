@@ -1,12 +1,46 @@
 """Autoregressive sampling with a KV cache: the prompt is processed once, then one position per token."""
 
+import logging
 from collections.abc import Callable
 
 import torch
 
+from nano_gpt.errors import NanoGPTError
 from nano_gpt.kv_cache import KVCache
 from nano_gpt.model import GPT
 from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE
+
+logger = logging.getLogger(__name__)
+
+# How many tokens an asynchronous device (CUDA, MPS) decodes between checks that every row has ended: the
+# check waits for the device, so checking every token would stall its queue once per token. A CPU runs
+# synchronously and checks every token for free.
+EOS_CHECK_EVERY = 16
+
+
+def for_inference(model: GPT, dtype: torch.dtype | str = "auto", quantize: str = "none") -> GPT:
+    """Prepare `model` to decode, in place, and return it: eval mode, no gradients, and its weights in the
+    decode precision, since each token streams them all.
+
+    `dtype` "auto" is the precision the runtime measures for decoding on the model's device (on a CPU bf16
+    where its matrix-vector products beat fp32's, which halves the bytes per token); `sample` and `serve` take
+    the same. `quantize="int8"` stores the projections and LM head as int8 (`nano_gpt.quantize`), half of
+    bf16's bytes again. A model that will train afterwards wants a copy instead: this casts its weights.
+    """
+    from nano_gpt.runtime import resolve_dtype  # measures once per CPU, then reads its cache
+
+    if quantize not in ("none", "int8"):
+        raise NanoGPTError(f"quantize={quantize!r}: choose none or int8")
+    if isinstance(dtype, str):
+        device = model.transformer.wte.weight.device
+        dtype, reason = resolve_dtype(dtype, device, "decode", model.config)
+        logger.info("decoding in %s (%s)", dtype, reason)
+    model.eval().requires_grad_(False)
+    if quantize == "int8":
+        from nano_gpt.quantize import quantize_int8
+
+        quantize_int8(model)  # from the weights as they are: quantizing fp32 rather than bf16 rounds once
+    return model.to(dtype)
 
 
 def sample_next_token(
@@ -88,7 +122,8 @@ def generate(
     Returns each sequence's tokens, prompt included; a sequence stops at `eos_token`, which is not
     returned. `on_token` receives each step's new tokens (B,), for streaming. Only ids below
     `vocab_size`, the tokenizer's (GPT-2's by default), are sampled. The weights' dtype is the model's:
-    cast it first (bf16 weights halve the bytes each token streams).
+    `for_inference(model)` first casts them to the measured decode precision (bf16 weights halve the bytes
+    each token streams) and optionally quantizes them to int8.
 
     With `use_cache`, the prompt is prefilled once, then each token runs one decode step over the KV
     cache. `compile` compiles that step once per batch size and cache length (`compiled_decode_step`). It
@@ -106,6 +141,7 @@ def generate(
     tokens = torch.empty(B, total, dtype=torch.long, device=device)  # (B, T + new)
     tokens[:, :T] = prompt
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    check_every = 1 if device.type == "cpu" else EOS_CHECK_EVERY
     pos = T
     if use_cache:  # only the last position's logits are needed: skip the vocabulary projection elsewhere
         caches = model.new_kv_caches(B, _cache_length(total, block_size) if compile else total)
@@ -126,7 +162,8 @@ def generate(
         pos += 1
         if on_token is not None:
             on_token(next_token)
-        if pos == total or (eos_token is not None and bool(finished.all())):
+        # Rows that ended keep receiving eos_token, so checking late only decodes a few tokens that are cut.
+        if pos == total or (eos_token is not None and (pos - T) % check_every == 0 and bool(finished.all())):
             break
         if compile:
             logits = step(model, next_token[:, None], input_pos, caches)

@@ -124,7 +124,8 @@ class GPT(nn.Module):
         input_pos..input_pos+T and earlier positions are read from the cache.
         """
         x = self.hidden_states(idx, caches, input_pos)  # (B, T, C)
-        if targets is not None and not return_logits:
+        # A quantized head (`nano_gpt.quantize`) has no float weight for the fused loss: it takes the logits path.
+        if targets is not None and not return_logits and isinstance(self.lm_head, nn.Linear):
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), ignore_index=-1)
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
@@ -156,8 +157,9 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def new_kv_caches(self, batch_size: int, max_length: int | None = None) -> list[KVCache]:
-        """One preallocated cache per layer, on the model's device and dtype."""
-        c, p = self.config, self.lm_head.weight
+        """One preallocated cache per layer, on the model's device and dtype (the embedding's: a quantized LM head
+        is int8)."""
+        c, p = self.config, self.transformer.wte.weight
         max_length = max_length or c.block_size
         return [KVCache(batch_size, c.n_head, max_length, c.head_size, p.device, p.dtype) for _ in range(c.n_layer)]
 

@@ -142,7 +142,10 @@ def _merges_lines(text: str) -> list[str]:
 
 
 @functools.cache
-def _gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """GPT-2's vocabulary (each token spelled in byte-level BPE's printable characters, as in encoder.json, to its
+    id) and its merges in rank order ("Ġ t", ...): what other runtimes' tokenizer files (GGUF, tokenizer.json)
+    are built from. Do not modify the returned objects: they are cached."""
     with open(bpe_file("encoder.json"), encoding="utf-8") as f:
         vocab = json.load(f)
     with open(bpe_file("vocab.bpe"), encoding="utf-8") as f:
@@ -165,7 +168,7 @@ def is_gpt2_tokenizer(folder: Path) -> bool:
     tokenizer.json wins over vocab.json + merges.txt, as in transformers' fast tokenizers.
     """
     folder = Path(folder)
-    gpt2_vocab, gpt2_merges = _gpt2_vocab_and_merges()
+    gpt2_vocab, gpt2_merges = gpt2_vocab_and_merges()
     if (folder / "tokenizer.json").is_file():
         data = _read_json(folder / "tokenizer.json")
         model = data.get("model") if isinstance(data, dict) else None

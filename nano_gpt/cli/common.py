@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from nano_gpt.defaults import DTYPE_CHOICES
+from nano_gpt.defaults import DTYPE_CHOICES, Quantize
 from nano_gpt.errors import NanoGPTError
 
 if TYPE_CHECKING:
@@ -27,6 +27,10 @@ CheckpointOption = Annotated[Optional[Path], typer.Option(
 DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOption = Annotated[str, typer.Option(help=f"Precision: {DTYPE_CHOICES}. auto: bf16 on GPUs that have it (else fp16), "
                                                "fp32 on MPS, and on CPUs whichever measures faster (logged).")]
+
+QuantizeOption = Annotated[Quantize, typer.Option(help=(
+    "int8: weights stored as int8 with one scale per output channel and dequantised in the matmul (activations "
+    "keep --dtype); half of bf16's bytes for each token to stream, for a small loss change (docs/benchmarks.md)."))]
 
 
 def read_model(pretrained: str | None, checkpoint: Path | None, default: str | None = "gpt2") -> Checkpoint:

@@ -10,12 +10,20 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
-from nano_gpt.defaults import DEFAULT_DATASET_DIR
+from nano_gpt.cli.common import (
+    CheckpointOption,
+    DeviceOption,
+    DtypeOption,
+    PretrainedOption,
+    QuantizeOption,
+    read_model,
+)
+from nano_gpt.defaults import DEFAULT_DATASET_DIR, Quantize
 from nano_gpt.errors import NanoGPTError
 
 if TYPE_CHECKING:
     from nano_gpt.eval import HellaSwagResult
+    from nano_gpt.model import GPT
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +33,7 @@ def eval_model(
     checkpoint: CheckpointOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = Quantize.none,
     dataset: Annotated[Optional[str], typer.Option(help="A dataset prepared with `nano-gpt prepare_dataset`, for the validation loss.")] = None,
     dataset_dir: Annotated[Path, typer.Option(help="Where prepared shards live.")] = DEFAULT_DATASET_DIR,
     validation_steps: Annotated[int, typer.Option(min=0, help="Mean loss over this many batches of the validation split; 0 skips it.")] = 20,
@@ -53,7 +62,7 @@ def eval_model(
     if tasks is not None:
         if dataset is not None or hellaswag_file is not None or hellaswag_samples is not None:
             raise NanoGPTError("--tasks runs lm-evaluation-harness tasks only; run --dataset or --hellaswag-* apart")
-        _eval_tasks(pretrained, checkpoint, device, dtype, tasks, batch_size, limit, num_fewshot, json_output)
+        _eval_tasks(pretrained, checkpoint, device, dtype, quantize, tasks, batch_size, limit, num_fewshot, json_output)
         return
     if limit is not None or num_fewshot is not None:
         raise NanoGPTError("--limit and --num-fewshot go with --tasks")
@@ -61,7 +70,8 @@ def eval_model(
     model, tokenizer = loaded.model, loaded.tokenizer()
     # The same precision decision as validation inside training, so the two val_loss figures agree.
     runtime = Runtime.build(device, dtype, "eval", model.config)
-    logger.info("evaluating on %s", runtime.describe())
+    logger.info("evaluating on %s%s", runtime.describe(), " | int8 weights" if quantize == "int8" else "")
+    _quantize(model, quantize)
     examples = None if hellaswag_samples == 0 else load_hellaswag(hellaswag_file, hellaswag_samples)
     model.to(runtime.device)
     loader = None
@@ -93,8 +103,8 @@ def eval_model(
     _print_summary(hellaswag, val_loss, validation_steps, json_output)
 
 
-def _eval_tasks(pretrained: str | None, checkpoint: Path | None, device: str, dtype: str, tasks: str, batch_size: int,
-                limit: int | None, num_fewshot: int | None, as_json: bool) -> None:
+def _eval_tasks(pretrained: str | None, checkpoint: Path | None, device: str, dtype: str, quantize: str, tasks: str,
+                batch_size: int, limit: int | None, num_fewshot: int | None, as_json: bool) -> None:
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     if not names:
         raise NanoGPTError("--tasks is empty; name one or more lm-evaluation-harness tasks, comma-separated")
@@ -110,12 +120,21 @@ def _eval_tasks(pretrained: str | None, checkpoint: Path | None, device: str, dt
     model, tokenizer = loaded.model, loaded.tokenizer()
     runtime = Runtime.build(device, dtype, "eval", model.config)
     logger.info("evaluating %s on %s", ", ".join(names), runtime.describe())
+    _quantize(model, quantize)
     model.to(runtime.device)
     results = evaluate_tasks(model, tokenizer, names, runtime.device, runtime.dtype, batch_size, limit, num_fewshot)
     if as_json:
         print(json.dumps({key: results.get(key) for key in ("results", "versions", "n-samples")}, default=str))
     else:
         print(make_table(results))
+
+
+def _quantize(model: GPT, quantize: str) -> None:
+    """Weight-only int8 for --quantize=int8; the activations keep the runtime's autocast precision."""
+    if quantize == "int8":
+        from nano_gpt.quantize import quantize_int8
+
+        quantize_int8(model.eval())
 
 
 def _print_summary(hellaswag: HellaSwagResult | None, val_loss: float | None, validation_steps: int, as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""`nano-gpt export`: a training checkpoint or pretrained weights as a Hugging Face model folder."""
+"""`nano-gpt export`: a training checkpoint or pretrained weights as a Hugging Face model folder or a GGUF file."""
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, read_model
-from nano_gpt.defaults import DEFAULT_LICENSE
+from nano_gpt.defaults import DEFAULT_LICENSE, ExportFormat, GgufType
 from nano_gpt.errors import NanoGPTError
 
 
@@ -28,6 +28,12 @@ def export(
     private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.")] = False,
     revision: Annotated[Optional[str], typer.Option(help="With --push-to-hub: the branch to push to (created if "
                                                          "missing); default main.")] = None,
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="hf: a Hugging Face model folder (--export-dir); "
+                      "gguf: one GGUF file for llama.cpp's gpt2 architecture (--output).")] = ExportFormat.hf,
+    output: Annotated[Optional[Path], typer.Option(metavar="FILE", help="With --format=gguf: the file to write "
+                                                   "(an existing one only with --force).")] = None,
+    gguf_type: Annotated[GgufType, typer.Option(help="With --format=gguf: the matrices' type (vectors stay f32); "
+                                                "q8_0 is llama.cpp's 8-bit blocks.")] = GgufType.f16,
 ) -> None:
     """Export a training checkpoint (or --pretrained weights) as a Hugging Face GPT-2 model folder.
 
@@ -37,7 +43,15 @@ def export(
 
     `transformers`, `nano-gpt sample --pretrained=FOLDER` and `hf upload` take the folder as it is;
     --push-to-hub=USER/REPO uploads it once it is complete.
+
+    --format=gguf --output=FILE writes one GGUF file (tokenizer included) that llama.cpp runs as it is
+    (`llama-cli -m FILE`); needs `pip install 'nano-gpt[gguf]'`.
     """
+    if export_format == ExportFormat.gguf:
+        _export_gguf(checkpoint, pretrained, output, gguf_type, force, push_to_hub_repo, model_card)
+        return
+    if output is not None:
+        raise NanoGPTError("--output goes with --format=gguf; a Hugging Face folder is written to --export-dir")
     from nano_gpt.export import export_model, prepare_export_dir
     from nano_gpt.hub import check_repo_id, push_to_hub
     from nano_gpt.model_card import facts_from_checkpoint, facts_from_pretrained, read_model_card
@@ -64,3 +78,24 @@ def export(
     if push_to_hub_repo is not None:
         url = push_to_hub(folder, push_to_hub_repo, private=private, revision=revision)
         print(f"pushed to {url}")
+
+
+def _export_gguf(checkpoint: Optional[Path], pretrained: Optional[str], output: Optional[Path], gguf_type: GgufType,
+                 force: bool, push_to_hub_repo: Optional[str], model_card: Optional[Path]) -> None:
+    if output is None or str(output) in ("", "."):
+        raise NanoGPTError("--format=gguf needs --output=FILE, such as --output=model.gguf")
+    if push_to_hub_repo is not None or model_card is not None:
+        raise NanoGPTError("--push-to-hub and --model-card go with a Hugging Face folder (--format=hf)")
+    if output.is_dir():
+        raise NanoGPTError(f"--output {output} is a folder; name a file such as {output / 'model.gguf'}")
+    if output.exists() and not force:
+        raise NanoGPTError(f"{output} exists; pass --force to replace it, or another --output")
+    from nano_gpt.gguf_export import export_gguf
+    from nano_gpt.tokenizer import is_gpt2
+
+    loaded = read_model(pretrained, checkpoint, default=None)
+    if not is_gpt2(loaded.tokenizer()):  # the file carries GPT-2's tokenizer
+        raise NanoGPTError(f"{pretrained} has a tokenizer of its own; GGUF export writes GPT-2 models")
+    name = Path(pretrained).name if pretrained else (checkpoint.stem if checkpoint else "nano-gpt")
+    path = export_gguf(loaded.model, output, gguf_type.value, name=name)
+    print(f"exported to {path} (GGUF, llama.cpp gpt2, {gguf_type.value}, {path.stat().st_size / 2**20:,.1f} MiB)")

@@ -8,8 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
+from nano_gpt.cli.common import (
+    CheckpointOption,
+    DeviceOption,
+    DtypeOption,
+    PretrainedOption,
+    QuantizeOption,
+    read_model,
+)
 from nano_gpt.config import SAMPLE_PROMPT
+from nano_gpt.defaults import Quantize
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.train.config import MAX_SEED
 
@@ -22,6 +30,7 @@ def sample(
     checkpoint: CheckpointOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = Quantize.none,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text on the same device.")] = None,
     max_length: Annotated[int, typer.Option(help="Total tokens per sequence, prompt included.")] = 30,
     num_sequences: Annotated[int, typer.Option(min=1, help="How many continuations to sample.")] = 5,
@@ -40,7 +49,7 @@ def sample(
     """
     import torch
 
-    from nano_gpt.generate import generate
+    from nano_gpt.generate import for_inference, generate
     from nano_gpt.memory import check_fits, decode_bytes
     from nano_gpt.runtime import Runtime
     from nano_gpt.tokenizer import check_ids_fit
@@ -69,7 +78,7 @@ def sample(
         raise NanoGPTError(f"--max-length={max_length} exceeds the model's context of {block_size} tokens; lower it")
     runtime = Runtime.build(device, dtype, "decode", model.config)
     logger.info("sampling on %s", runtime.describe())
-    model.to(runtime.device, runtime.dtype)  # weights in the decode precision: each token streams them all
+    for_inference(model.to(runtime.device), runtime.dtype, quantize)  # each token streams every weight: fewest bytes
     torch_device = runtime.device
     # Before the prompt is copied num_sequences times: billions of sequences must be one line, not an OOM kill.
     sorts = not (greedy or temperature == 0) and (top_k is None or top_k >= tokenizer.n_vocab)

@@ -6,7 +6,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, DtypeOption, PretrainedOption, read_model
+from nano_gpt.cli.common import (
+    CheckpointOption,
+    DeviceOption,
+    DtypeOption,
+    PretrainedOption,
+    QuantizeOption,
+    read_model,
+)
+from nano_gpt.defaults import Quantize
 from nano_gpt.errors import NanoGPTError
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,7 @@ def serve(
     checkpoint: CheckpointOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    quantize: QuantizeOption = Quantize.none,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one, logged).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option(envvar="NANO_GPT_API_KEY", show_envvar=True,
@@ -53,6 +62,7 @@ def serve(
     except ImportError as e:
         raise NanoGPTError(f"nano-gpt serve needs FastAPI and uvicorn ({e.name} is missing): "
                            "pip install 'nano-gpt[serve]'") from None
+    from nano_gpt.generate import for_inference
     from nano_gpt.memory import check_fits, decode_bytes
     from nano_gpt.runtime import Runtime
     from nano_gpt.serve.batcher import Batcher
@@ -67,7 +77,7 @@ def serve(
         c = model.config
         check_fits(decode_bytes(c, max_batch_size, c.block_size, c.block_size, runtime.dtype, tokenizer.n_vocab, True),
                    runtime.device, f"{max_batch_size} sequences of {c.block_size} tokens", "lower --max-batch-size")
-        model.to(runtime.device, runtime.dtype)  # weights in the decode precision, as `sample` does
+        for_inference(model.to(runtime.device), runtime.dtype, quantize)  # the decode precision, as `sample` does
         name = pretrained or (str(checkpoint) if checkpoint is not None else "gpt2")
         app = create_app(Batcher(model, tokenizer, max_batch_size, max_queue), name, api_key)
         bound_host, bound_port = sock.getsockname()[:2]

@@ -139,7 +139,7 @@ class Batcher:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
-        self.device = model.lm_head.weight.device
+        self.device = model.transformer.wte.weight.device
         self.vocab_size = min(tokenizer.n_vocab, model.config.vocab_size)
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []
@@ -300,7 +300,7 @@ class Batcher:
         c = self.model.config
         new = min(-(-length // CACHE_STEP) * CACHE_STEP, c.block_size)
         shape = (self.max_batch_size, c.n_head, new, c.head_size)  # (S, nh, L, hs)
-        dtype = self.model.lm_head.weight.dtype
+        dtype = self.model.transformer.wte.weight.dtype  # the model's precision (an int8 head has none)
         k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(c.n_layer)]
         v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(c.n_layer)]
         for layer in range(len(self._k)):
