@@ -188,12 +188,28 @@ def atomic_write(path: Path | str, data: bytes | str | Callable[[IO[bytes]], Non
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_folder(path.parent)  # make the rename itself durable
-    except OSError as e:
+    except Exception as e:
+        os_error = os_error_behind(e)
+        if os_error is None:
+            raise  # a bug, not the machine
         size = needed if needed is not None or callable(data) else len(data)
-        raise NanoGPTError(os_error_message(e, path, size)) from e
+        raise NanoGPTError(os_error_message(os_error, path, size)) from e
     finally:
         if tmp is not None:
             discard_temp(tmp)
+
+
+def os_error_behind(e: BaseException) -> OSError | None:
+    """The OSError that `e` is or was raised while handling: a writer such as `torch.save` turns a full disk met
+    by the file it writes to into its own RuntimeError."""
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def fsync_folder(folder: Path) -> None:
