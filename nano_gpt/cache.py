@@ -17,8 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
-    """The project's download cache: $NANO_GPT_CACHE, else ~/.cache/nano_gpt."""
-    return Path(os.environ.get("NANO_GPT_CACHE", Path.home() / ".cache" / "nano_gpt")).expanduser()
+    """The project's download cache: $NANO_GPT_CACHE, else ~/.cache/nano_gpt. An empty NANO_GPT_CACHE is refused
+    rather than read as the current folder."""
+    value = os.environ.get("NANO_GPT_CACHE")
+    if value is not None and not value.strip():
+        raise NanoGPTError("NANO_GPT_CACHE is set but empty; set it to a folder, or unset it for ~/.cache/nano_gpt")
+    return Path(value if value is not None else Path.home() / ".cache" / "nano_gpt").expanduser()
 
 
 def sha256_file(path: Path) -> str:

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import pid_alive
+from nano_gpt.files import os_error_behind, os_error_message, pid_alive
 from nano_gpt.hf import config_to_hf, state_dict_to_hf
 from nano_gpt.model import GPT
 from nano_gpt.model_card import (
@@ -173,9 +173,10 @@ def _swap_into_place(tmp: Path, export_dir: Path) -> None:
     shutil.rmtree(old)
 
 
-def _os_error_message(export_dir: Path, e: OSError) -> str:
-    where = f": {e.filename}" if e.filename else ""
-    return f"cannot write to {export_dir} ({e.strerror or e}{where}); choose a writable --export-dir"
+def _os_error_message(export_dir: Path, e: OSError, needed: int) -> str:
+    """The one-line OS error (a full disk names the space needed), pointing at --export-dir, not the temp folder."""
+    message = os_error_message(e, export_dir, needed).replace(f"cannot write {export_dir}", f"cannot write to {export_dir}", 1)
+    return f"{message}; a previous export in --export-dir is left as it was"
 
 
 def export_model(
@@ -217,8 +218,11 @@ def export_model(
         _write_tokenizer(tmp, model.config.block_size)
         _write_card(tmp, card, plot)
         _swap_into_place(tmp, target)
-    except OSError as e:
-        raise NanoGPTError(_os_error_message(export_dir, e)) from e
+    except Exception as e:  # an OSError, or a writer's own error raised while handling one (a full disk)
+        if (os_error := os_error_behind(e)) is None:
+            raise
+        needed = sum(p.numel() for p in model.parameters()) * 4  # the fp32 weights dominate the folder
+        raise NanoGPTError(_os_error_message(export_dir, os_error, needed)) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     logger.debug("exported %s", export_dir)

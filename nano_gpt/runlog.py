@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import statistics
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import parse_json
+from nano_gpt.files import atomic_write, os_error_message, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +152,18 @@ def _seed_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, record
 
 
+def is_run_log(path: Path) -> bool:
+    """Whether `path` is a log that a run of ours began: its first line is the "config" record `RunLog` writes
+    first. Only such a file may be replaced (--overwrite) or appended to by a run."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+        record = json.loads(first)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and record.get("kind") == "config" and record.get("step") == 0
+
+
 class RunLog:
     """Appends records to a run's log; only the main process writes one.
 
@@ -170,13 +181,21 @@ class RunLog:
         kept = []
         if self.resume_step is not None and self.path.exists():
             kept = [record for _, record in _records(self.path) if record["step"] <= self.resume_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, kind: str, step: int, **fields: object) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"kind": kind, "step": step, **fields}) + "\n")
+        """Append one record; a full disk or a file-size limit is a LogWriteError, which stops the run."""
+        line = json.dumps({"kind": kind, "step": step, **fields}) + "\n"
+        try:
+            with open(self.path, "a") as f:
+                f.write(line)
+        except OSError as e:
+            raise LogWriteError(os_error_message(e, self.path, len(line))) from e
+
+
+class LogWriteError(NanoGPTError):
+    """The run's log cannot be appended to: training stops (with a checkpoint, where the disk allows) rather than
+    go on with steps that no log records."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from nano_gpt.cli.prepare_dataset import prepare_dataset as prepare_command_func
 from nano_gpt.data import ShardLoader, prepare, prepare_dataset, shards
 from nano_gpt.data.shards import MANIFEST, VERIFIED, prepare_command, split_dir
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import os_error_message
 from nano_gpt.tokenizer import get_tokenizer
 
 TOKENS_PER_SHARD = 400
@@ -149,7 +150,7 @@ def test_a_split_whose_verification_cannot_be_recorded_is_still_read(tmp_path: P
     dataset_dir, corpus = prepared(tmp_path)
 
     def read_only(path: Path, obj: object) -> None:
-        raise PermissionError(13, "Permission denied", str(path))
+        raise NanoGPTError(os_error_message(PermissionError(13, "Permission denied", str(path)), path))
 
     monkeypatch.setattr(shards, "write_json_atomic", read_only)
     loader = ShardLoader(dataset_dir, corpus, "train", 1, 8)

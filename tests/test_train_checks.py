@@ -140,22 +140,29 @@ def test_overwrite_starts_afresh_and_leaves_nothing_of_the_old_run(finished_run:
     assert len(steps) == 2
 
 
-def test_stale_temp_files_of_dead_processes_are_removed_and_live_ones_kept(finished_run: Path,
-                                                                           tinyshakespeare_dir: Path,
-                                                                           tmp_path: Path) -> None:
+def test_recorded_temps_of_dead_processes_are_removed_and_live_ones_kept(tinyshakespeare_dir: Path,
+                                                                        tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
     run = tmp_path / "run"
     run.mkdir()
-    stale = run / f".checkpoint_000003.bin.tmp{dead_pid}"
-    live = run / f".checkpoint_000004.bin.tmp{os.getpid()}"
-    stale.write_bytes(b"half a checkpoint")
+    # A process killed mid-save: it recorded its temp, wrote half of it and never renamed it.
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from pathlib import Path; "
+                             "from nano_gpt.files import temp_path; "
+                             "t = temp_path(Path(sys.argv[1]) / 'checkpoint_000003.bin'); t.write_bytes(b'half'); "
+                             "print(t); os._exit(0)", str(run)], capture_output=True, text=True, check=True)
+    stale = Path(killed.stdout.strip())
+    from nano_gpt.files import discard_temp, temp_path
+
+    live = temp_path(run / "checkpoint_000004.bin")  # this process is still writing it
     live.write_bytes(b"being written")
-    train(_config(tinyshakespeare_dir, run, max_steps=2, warmup_steps=1))
-    assert not stale.exists() and live.exists()
+    try:
+        train(_config(tinyshakespeare_dir, run, max_steps=2, warmup_steps=1))
+        assert not stale.exists() and live.exists()
+        assert [p.name for p in run.glob(".nano-gpt-temps.*")] == [f".nano-gpt-temps.{os.getpid()}"]  # the dead one's went
+    finally:
+        discard_temp(live)
 
 
 # --- checkpoints are validated before loading ----------------------------------------------------------

@@ -77,8 +77,10 @@ def killed_and_resumed(one_process: tuple, tmp_path_factory: pytest.TempPathFact
     before = _train_losses(log_file)
     checkpoints = sorted(p.name for p in folder.glob("checkpoint_*"))
     # A save that a kill interrupted: shards written, never renamed into place (its process is gone).
-    interrupted = folder / ".checkpoint_000004.tmp99999999"
+    dead = 99999999  # no process has this id
+    interrupted = folder / f".checkpoint_000004.nano-gpt-tmp.{dead}.0123abcd"
     shutil.copytree(folder / "checkpoint_000002", interrupted)
+    (folder / f".nano-gpt-temps.{dead}").write_text(interrupted.name + "\n")  # what its killed writer recorded
     (interrupted / ".metadata").unlink()
     out = _finish(_torchrun(dataclasses.replace(run, resume="auto"), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return dict(config=run, folder=folder, before=before, checkpoints_at_kill=checkpoints, out=out,

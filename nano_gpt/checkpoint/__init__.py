@@ -19,7 +19,7 @@ Which function reads what a user hands the project (every command asks these; no
 tied head), which format it came from, what our runs record (step, settings, metrics, hardware) and, only when
 asked, the train state that `TrainState.load_state_dict` takes. Our checkpoints are written by
 `save_checkpoint` (a file) or `sharded.save_sharded` (a folder, every rank at once), every file through
-`writer.write_atomically`. Each carries CRC-32s of its contents that the reader checks before using it
+`nano_gpt.files.atomic_write`. Each carries CRC-32s of its contents that the reader checks before using it
 (`integrity`): damage is one error naming the file, never a model that loads wrong.
 
 Two formats of our own, decided: a run writes one file when one process holds the whole model (every

@@ -26,7 +26,6 @@ import io
 import os
 import json
 import pickle
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -41,8 +40,8 @@ from torch.distributed.checkpoint.metadata import StorageMeta
 
 from nano_gpt.checkpoint.integrity import damage_error, damaged_files, folder_checksums
 from nano_gpt.checkpoint.layout import CHECKSUMS, METADATA, is_sharded
-from nano_gpt.checkpoint.writer import write_atomically
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import discard_temp, fsync_folder, os_error_message, temp_path
 
 # What DCP's index pickles: its metadata dataclasses, torch sizes, dtypes and layouts, and a path.
 _INDEX_CLASSES = {
@@ -174,23 +173,16 @@ def load_sharded(path: Path | str, state: dict[str, Any]) -> None:
         dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner())
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
     """Write `state` (DTensors are written by the rank that holds each slice, anything else once) to the folder
     `path`, atomically as a whole. Every rank of the process group calls this."""
     path = Path(path)
     distributed = dist.is_initialized()
-    owner = [os.getpid()]  # rank 0's process id names the temp folder, so a later run can tell it is stale
+    # Rank 0 makes and records the temp folder's name (so a later run can tell it is stale) and tells the others.
+    tmp_name = [temp_path(path).name if not distributed or dist.get_rank() == 0 else ""]
     if distributed:
-        dist.broadcast_object_list(owner, src=0)
-    tmp = path.with_name(f".{path.name}.tmp{owner[0]}")
+        dist.broadcast_object_list(tmp_name, src=0)
+    tmp = path.with_name(tmp_name[0])
     # Returns once every rank's files are written and synced and the coordinator has written the index.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
@@ -202,12 +194,20 @@ def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
         dist.all_gather_object(shares, checksums)
         checksums = {name: crc for share in shares for name, crc in share.items()}
     if not distributed or dist.get_rank() == 0:
-        write_atomically(tmp / CHECKSUMS, lambda f: f.write(json.dumps(checksums, sort_keys=True).encode()))
-        if path.exists():  # the same step written again (a resumed run overtaking a later checkpoint)
-            old = path.with_name(f".{path.name}.replaced.tmp{owner[0]}")
-            os.replace(path, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        try:
+            with open(tmp / CHECKSUMS, "wb") as f:  # inside the temp folder, which is renamed as a whole
+                f.write(json.dumps(checksums, sort_keys=True).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            if path.exists():  # the same step written again (a resumed run overtaking a later checkpoint)
+                old = temp_path(path)
+                os.replace(path, old)
+                discard_temp(old)
+            os.replace(tmp, path)
+            fsync_folder(path.parent)
+        except OSError as e:
+            raise NanoGPTError(os_error_message(e, path)) from e
+        finally:
+            discard_temp(tmp)  # gone already once renamed into place
     if distributed:
         dist.barrier()  # no rank reports the checkpoint before it is in place

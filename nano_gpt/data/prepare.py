@@ -49,6 +49,7 @@ from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD
 from nano_gpt.data.sources import Split, dataset_splits, default_validation_tokens
 from nano_gpt.defaults import DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import atomic_write
 from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -268,9 +269,7 @@ class _ProgressLog:
         if self.records:
             logger.info("%s: resuming after %d shards", directory, len(self.records))
         lines = [json.dumps({"options": options})] + [json.dumps(r) for r in self.records]
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(line + "\n" for line in lines))
         self._file = open(self.path, "a")
 
     def resume(self) -> tuple[int, int, int]:

@@ -13,7 +13,6 @@ token count and sha256.
 import hashlib
 import json
 import logging
-import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from filelock import FileLock, Timeout
 from nano_gpt.data.sources import dataset_slug
 from nano_gpt.defaults import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import atomic_write
 from nano_gpt.tokenizer import VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
@@ -56,20 +56,8 @@ def prepare_command(dataset: str, split: str, dataset_dir: Path) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Temp file, fsync, rename: a kill leaves the old file or the new one, never half of one.
-
-    The temp name holds the process id, so two processes writing the same file never share a temp file.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """`obj` as indented JSON, through `files.atomic_write`: a kill leaves the old file or the new one."""
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 @contextmanager
@@ -214,9 +202,8 @@ def verify_shards(directory: Path, manifest: dict[str, Any], fix: str) -> None:
     if unverified or set(verified) != set(stamps):
         try:
             write_json_atomic(marker, stamps)
-        except OSError as e:  # a read-only dataset is still usable; it is only hashed at every start
-            logger.warning("cannot record the verification in %s (%s); the shards will be hashed again next time",
-                           marker, e.strerror)
+        except NanoGPTError as e:  # a read-only dataset is still usable; it is only hashed at every start
+            logger.warning("cannot record the verification (%s); the shards will be hashed again next time", e)
 
 
 def verify_split(dataset_dir: Path, dataset: str, split: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from nano_gpt.train.config import TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
-from nano_gpt.runlog import RunLog, differing_settings
+from nano_gpt.runlog import LogWriteError, RunLog, differing_settings
 from nano_gpt.train.state import TrainState
 from nano_gpt.train.step import NonFiniteError, train_step
 
@@ -101,24 +101,27 @@ def train(config: TrainConfig) -> TrainResult:
     recipe = config.model if config.pretrained is None else recipe_for(
         read_checkpoint(config.pretrained, weights=False).config)
     config = config.resolved(recipe)
-    resume_file = rundir.prepare(config)
-    checkpoint = _read_resume(config, resume_file) if resume_file is not None else None
-    model = _initial_model(config, checkpoint)
-    if config.sequence_length > model.config.block_size:
-        raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
-                           f"{model.config.block_size}")
-    runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
+    run_dir = rundir.prepare(config)  # locks the run; deletes nothing yet
     try:
-        return _Trainer(config, runtime, model, recipe, checkpoint).run()
+        checkpoint = _read_resume(config, run_dir.resume_file) if run_dir.resume_file is not None else None
+        model = _initial_model(config, checkpoint)
+        if config.sequence_length > model.config.block_size:
+            raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
+                               f"{model.config.block_size}")
+        runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
+        try:
+            return _Trainer(config, runtime, model, recipe, checkpoint, run_dir).run()
+        finally:
+            runtime.close()
     finally:
-        runtime.close()
+        run_dir.release()
 
 
 class _Trainer:
     """The run's components, built in order so that everything that can fail does so before step 0."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, recipe: str,
-                 checkpoint: Checkpoint | None) -> None:
+                 checkpoint: Checkpoint | None, run_dir: rundir.RunDir) -> None:
         self.config, self.runtime = config, runtime
         self.resume_file = checkpoint.source if checkpoint is not None else None
         self.grad_accum = config.grad_accum_steps(runtime.world_size)
@@ -141,8 +144,10 @@ class _Trainer:
             _warn_if_changed(checkpoint.train_config, config)
         self.log = RunLog(Path(config.log_file), checkpoint.step if checkpoint else None) if runtime.is_main else None
         self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)  # loads its data: may fail
+        # Only now is anything deleted or the log (re)written: everything that could fail has passed.
+        run_dir.clear_previous()  # --overwrite: the previous run's checkpoints and log (rank 0 holds the list)
         if self.log is not None:
-            self.log.start()  # only now is the log (re)written: everything that could fail has passed
+            self.log.start()
         n_params = model.num_parameters(exclude_embeddings=True)
         self.flops_per_step = flops_per_token(model.config, n_params, config.sequence_length) * config.total_batch_size
         self.peak = peak_flops(runtime.device)
@@ -209,10 +214,24 @@ class _Trainer:
                         last_checkpoint = self._save() or last_checkpoint
                     if result.stop_requested:
                         break
+        except LogWriteError as e:
+            raise NanoGPTError(f"{e}; {self._stop_without_log(last_checkpoint)}") from e
         finally:
             stop.restore()
         return TrainResult(last_step=state.step, losses=losses, checkpoint=last_checkpoint,
                            interrupted=stop.requested, main_process=runtime.is_main)
+
+    def _stop_without_log(self, last_checkpoint: Path | None) -> str:
+        """Checkpoint the steps the log could not record, where the disk allows; says what the user has."""
+        step = self.state.step
+        if self.state.sharded:  # a sharded save needs every rank, and only this one stopped
+            return f"training stopped after step {step}; the last checkpoint is {last_checkpoint or 'none'}"
+        try:
+            saved = self._save()
+        except NanoGPTError as e:
+            return (f"training stopped after step {step}, and its checkpoint could not be written either ({e}); the "
+                    f"last checkpoint is {last_checkpoint or 'none'}")
+        return f"training stopped after step {step} with checkpoint {saved}; free some space, then --resume=auto"
 
     def _report(self, step: int, loss: float, norm: float, lr: float, dt: float, skipped: bool) -> None:
         tokens = (step + 1) * self.config.total_batch_size

@@ -1,7 +1,11 @@
-"""The run folder: one run per --checkpoint-dir, checked to be writable before anything trains.
+"""The run folder: one run per --checkpoint-dir, one live process per folder and log, checked to be writable
+before anything trains.
 
-A new run never silently empties another run's log or leaves its checkpoints for `--resume=auto` to
-pick up later; temp files left by killed processes are removed when the next run starts.
+A run takes an OS lock on its folder and on its log for its lifetime (rank 0 under torchrun), so a second
+process on the same run is refused with the live one's PID, and a killed run never blocks the next. A new run
+never silently empties another run's log or leaves its checkpoints for `--resume=auto` to pick up later;
+`--overwrite` deletes only a previous run's files (its checkpoints, and a log that a run of ours began), and
+only once every check that can fail has passed. Temps that killed processes recorded are removed at start.
 """
 
 from __future__ import annotations
@@ -9,35 +13,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nano_gpt.checkpoint import checkpoints_in, latest_checkpoint
 from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import pid_alive
+from nano_gpt.files import LockedError, ProcessLock, remove_stale_temps
+from nano_gpt.runlog import is_run_log
 from nano_gpt.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-_TEMP = re.compile(r"\..+\.tmp(\d+)")  # what the checkpoint writer, save_sharded (a folder) and RunLog write first
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete the half-written temp files and folders of processes that no longer run."""
-    for path in folder.glob(".*.tmp*"):
-        match = _TEMP.fullmatch(path.name)
-        if match and not pid_alive(int(match.group(1))):
-            logger.info("removing %s, left by a killed run", path)
-            _remove(path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)  # under torchrun every rank may be removing it at once
-    else:
-        path.unlink(missing_ok=True)
+RUN_LOCK = ".nano-gpt-run.lock"  # in the run folder; held by the live run's process
 
 
 def _os_reason(e: OSError) -> str:
@@ -47,7 +36,7 @@ def _os_reason(e: OSError) -> str:
 def probe_writable_folder(folder: Path, flag: str) -> None:
     """Create `folder` and write, sync and delete a file in it: permissions alone do not tell (read-only
     mounts, full disks, ACLs), and a run must not train for hours and then fail at its first save."""
-    probe = folder / f".nano_gpt_probe.tmp{os.getpid()}"
+    probe = folder / f".nano-gpt-probe.{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as f:
@@ -78,41 +67,98 @@ def probe_writable_file(path: Path, flag: str) -> None:
             raise NanoGPTError(f"{flag}={path} is not writable ({_os_reason(e)})") from e
 
 
-def _existing_run(checkpoint_dir: Path, log_file: Path) -> list[Path]:
+def _lock(path: Path, what: str, fix: str) -> ProcessLock | None:
+    try:
+        return ProcessLock.acquire(path)
+    except LockedError as e:
+        holder = f"PID {e.pid}" if e.pid else "another process"
+        raise NanoGPTError(f"{what} is in use by a run that is still going ({holder}); wait for it to end or stop "
+                           f"it, or {fix}") from e
+    except OSError as e:  # a file system without locks (some network mounts)
+        logger.warning("cannot lock %s (%s); make sure no other run uses %s", path, _os_reason(e), what)
+        return None
+
+
+@dataclass
+class RunDir:
+    """A prepared run folder: the checkpoint to resume from, the locks held while the run lives, and the previous
+    run's files that --overwrite deletes once everything that can fail has passed (`clear_previous`)."""
+
+    resume_file: Path | None
+    previous: list[Path] = field(default_factory=list)
+    locks: list[ProcessLock] = field(default_factory=list)
+
+    def clear_previous(self) -> None:
+        if self.previous:
+            logger.warning("--overwrite: deleting %d files of the previous run", len(self.previous))
+        for path in self.previous:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        self.previous = []
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+
+
+def _previous_run(checkpoint_dir: Path, log_file: Path) -> list[Path]:
     found = checkpoints_in(checkpoint_dir)
     if log_file.is_file() and log_file.stat().st_size > 0:
         found.append(log_file)
     return found
 
 
-def prepare(config: TrainConfig) -> Path | None:
-    """Check the run's folder and log before step 0; returns the checkpoint to resume from, if any. `config` is
-    resolved (`TrainConfig.resolved`): its log file is decided."""
+def prepare(config: TrainConfig) -> RunDir:
+    """Check and lock the run's folder and log before step 0; deletes nothing. `config` is resolved
+    (`TrainConfig.resolved`): its log file is decided. The caller releases the locks when the run ends."""
     checkpoint_dir = Path(config.checkpoint_dir)
     log_file = Path(config.log_file)
     probe_writable_folder(checkpoint_dir, "--checkpoint-dir")
     probe_writable_file(log_file, "--log-file")
-    for folder in {checkpoint_dir, log_file.parent}:
-        remove_stale_temp_files(folder)
+    ranks = torchrun_ranks()
+    run = RunDir(resume_file=None)
+    if ranks is None or ranks.rank == 0:  # rank 0 speaks for the run: it holds the locks and cleans up
+        try:
+            for path, what, fix in ((checkpoint_dir / RUN_LOCK, f"--checkpoint-dir={checkpoint_dir}",
+                                     "choose another --checkpoint-dir"),
+                                    (log_file.with_name(f".{log_file.name}.nano-gpt-lock"), f"--log-file={log_file}",
+                                     "choose another --log-file")):
+                if (lock := _lock(path, what, fix)) is not None:
+                    run.locks.append(lock)
+            for folder in {checkpoint_dir, log_file.parent}:
+                for path in remove_stale_temps(folder):
+                    logger.info("removed %s, left by a killed run", path)
+            run.resume_file, run.previous = _check(config, checkpoint_dir, log_file)
+        except BaseException:
+            run.release()
+            raise
+    else:
+        run.resume_file, _ = _check(config, checkpoint_dir, log_file)
+    return run
+
+
+def _check(config: TrainConfig, checkpoint_dir: Path, log_file: Path) -> tuple[Path | None, list[Path]]:
+    """(the checkpoint to resume from, the previous run's files to delete with --overwrite)."""
+    if log_file.is_file() and log_file.stat().st_size > 0 and not is_run_log(log_file):
+        raise NanoGPTError(f"--log-file={log_file} holds a file that no nano-gpt run began; training never replaces "
+                           "or appends to it, --overwrite included: choose another --log-file")
     if config.resume is None:
-        existing = _existing_run(checkpoint_dir, log_file)
-        if existing and not config.overwrite:
-            names = ", ".join(p.name for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        previous = _previous_run(checkpoint_dir, log_file)
+        if previous and not config.overwrite:
+            names = ", ".join(p.name for p in previous[:3]) + (f" and {len(previous) - 3} more" if len(previous) > 3 else "")
             raise NanoGPTError(f"{checkpoint_dir} already holds a run ({names}); continue it with --resume=auto, "
                                "pick another --checkpoint-dir, or pass --overwrite to delete it and start again")
-        ranks = torchrun_ranks()
-        if existing and (ranks is None or ranks.rank == 0):
-            logger.warning("--overwrite: deleting %d files of the previous run in %s", len(existing), checkpoint_dir)
-            for path in existing:
-                _remove(path)
-        return None
+        return None, previous
     if config.resume == "auto":
         path = latest_checkpoint(checkpoint_dir)
         if path is None:
             logger.info("--resume=auto: no checkpoint in %s, starting from scratch", checkpoint_dir)
-        return path
+        return path, []
     path = Path(config.resume)
     if not path.exists():  # a damaged folder or file is read, and refused by name, by the checkpoint reader
         raise NanoGPTError(f"--resume={path}: checkpoint not found; pass a checkpoint_NNNNNN.bin, a sharded "
                            "checkpoint_NNNNNN folder, or --resume=auto")
-    return path
+    return path, []
