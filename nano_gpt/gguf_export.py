@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from nano_gpt.checkpoint.writer import write_atomically
+from nano_gpt.files import atomic_write
 from nano_gpt.defaults import GgufType
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
@@ -119,16 +119,13 @@ def export_gguf(model: GPT, path: Path | str, gguf_type: str = "f16", name: str 
         writer.add_tensor(tensor_name, data, raw_dtype=qtype)
 
     def write(f: object) -> None:
-        # GGUFWriter opens the file it is given by name: it writes the temp file `write_atomically` holds open,
+        # GGUFWriter opens the file it is given by name: it writes the temp file `atomic_write` holds open,
         # whose fsync then makes these bytes durable before the rename.
         writer.write_header_to_file(Path(f.name))  # type: ignore[attr-defined]
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
 
-    try:
-        write_atomically(path, write)
-    except OSError as e:
-        raise NanoGPTError(f"cannot write {path} ({e.strerror or e}); choose a writable --output") from e
+    atomic_write(path, write)  # a full disk or a read-only folder is one NanoGPTError naming `path`
     logger.info("wrote %s: llama.cpp gpt2, %s, %d tensors", path, gguf_type, len(model.state_dict()))
     return path
