@@ -34,6 +34,7 @@ from nano_gpt.train.optim import learning_rate, make_optimizer
 from nano_gpt.runlog import RunLog, differing_settings
 from nano_gpt.train.state import TrainState
 from nano_gpt.train.step import NonFiniteError, train_step
+from nano_gpt.trackers import RunStart, Trackers, default_run_name, open_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -141,21 +142,36 @@ class _Trainer:
             _warn_if_changed(checkpoint.train_config, config)
         self.log = RunLog(Path(config.log_file), checkpoint.step if checkpoint else None) if runtime.is_main else None
         self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)  # loads its data: may fail
+        n_params = model.num_parameters(exclude_embeddings=True)
+        run_info = dict(config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
+                        world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
+                        compile=self.use_compile, n_params=n_params)
+        # A missing tracker package or login fails here, before the log is rewritten.
+        self.trackers = open_trackers(config.trackers, RunStart(
+            Path(config.checkpoint_dir), config.project, config.run_name or default_run_name(config.checkpoint_dir),
+            self.state.step + 1, run_info), self.state.trackers, is_main=runtime.is_main)
         if self.log is not None:
             self.log.start()  # only now is the log (re)written: everything that could fail has passed
-        n_params = model.num_parameters(exclude_embeddings=True)
+        self._follow(self.trackers)
         self.flops_per_step = flops_per_token(model.config, n_params, config.sequence_length) * config.total_batch_size
         self.peak = peak_flops(runtime.device)
         self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                  transient=True, disable=not (runtime.is_main and sys.stderr.isatty()))
-        self._announce(model, recipe, n_params, checkpoint is None)
+        self._announce(model, recipe, run_info, checkpoint is None)
 
-    def _announce(self, model: GPT, recipe: str, n_params: int, new_run: bool) -> None:
+    def _follow(self, trackers: Trackers | None) -> None:
+        """From here on the trackers see every log record; their runs are named in the log and in each checkpoint,
+        so a resumed run continues them."""
+        if trackers is None or self.log is None:
+            return
+        self.state.trackers = {**self.state.trackers, **trackers.identities()}
+        self.log.write("trackers", self.state.step + 1, runs=self.state.trackers)
+        self.log.listeners.append(trackers.send)
+
+    def _announce(self, model: GPT, recipe: str, run_info: dict, new_run: bool) -> None:
         config, runtime = self.config, self.runtime
         if self.log is not None and new_run:
-            self.log.write("config", 0, config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
-                           world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
-                           compile=self.use_compile, n_params=n_params)
+            self.log.write("config", 0, **run_info)
         source = f"pretrained {config.pretrained}" if config.pretrained else config.model
         logger.info("model %s: %.1fM parameters | recipe %s | %s | compile %s | %d micro-steps of %d x %d tokens "
                     "per step", source, model.num_parameters() / 1e6, recipe, runtime.describe(), self.use_compile,
@@ -211,6 +227,8 @@ class _Trainer:
                         break
         finally:
             stop.restore()
+            if self.trackers is not None:
+                self.trackers.close()
         return TrainResult(last_step=state.step, losses=losses, checkpoint=last_checkpoint,
                            interrupted=stop.requested, main_process=runtime.is_main)
 
