@@ -188,3 +188,10 @@ def test_report_to_takes_comma_separated_known_names() -> None:
     assert parse_report_to(None) == parse_report_to("none") == ()
     with pytest.raises(NanoGPTError, match="unknown tracker 'mlflow'"):
         parse_report_to("tensorboard,mlflow")
+
+
+def test_plot_still_reads_a_log_with_sample_and_trackers_records(resumed_run: Path) -> None:
+    from nano_gpt.runlog import read_log, summarize
+
+    log = read_log(resumed_run / "train_log.jsonl")
+    assert summarize(log).last_step == 5 and [r["step"] for r in log.records["val"]] == [0, 5]

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
+from nano_gpt.distributed import from_main
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
@@ -160,13 +161,15 @@ class _Trainer:
         self._announce(model, recipe, run_info, checkpoint is None)
 
     def _follow(self, trackers: Trackers | None) -> None:
-        """From here on the trackers see every log record; their runs are named in the log and in each checkpoint,
-        so a resumed run continues them."""
-        if trackers is None or self.log is None:
+        """From here on the trackers see every log record; their runs are named in the log and in each checkpoint
+        (on every rank: each saves its part of a sharded one), so a resumed run continues them."""
+        if not self.config.trackers:
             return
-        self.state.trackers = {**self.state.trackers, **trackers.identities()}
-        self.log.write("trackers", self.state.step + 1, runs=self.state.trackers)
-        self.log.listeners.append(trackers.send)
+        opened = trackers.identities() if trackers is not None else {}
+        self.state.trackers = from_main({**self.state.trackers, **opened})
+        if trackers is not None and self.log is not None:
+            self.log.write("trackers", self.state.step + 1, runs=self.state.trackers)
+            self.log.listeners.append(trackers.send)
 
     def _announce(self, model: GPT, recipe: str, run_info: dict, new_run: bool) -> None:
         config, runtime = self.config, self.runtime
