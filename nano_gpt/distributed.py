@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (`obj` itself without a process group): what only rank 0 decides, such as its
+    experiment-tracker runs, that every rank saves into a sharded checkpoint."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The training log: its record kinds, the one writer (`RunLog`) and the one reader (`read_log`).
 
 A log is JSON lines, each an object with a "kind" and a "step": a "config" record when a run starts,
-then "train", "val" and "hellaswag" records. `nano-gpt plot`, the model card and notebooks read it back
+then "train", "val", "hellaswag" and "sample" (the texts generated at an evaluation) records, and a "trackers"
+record naming the experiment-tracker runs each time a run reporting to them starts. `nano-gpt plot`, the model card and notebooks read it back
 through `read_log`; a line torn by a kill mid-write is the one thing both the reader and a resuming
 writer skip.
 """
@@ -13,7 +14,7 @@ import logging
 import math
 import re
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,12 +170,14 @@ class RunLog:
 
     `start` begins the file: a new run's afresh; on resume, records after the checkpoint's step (written by
     the interrupted run after its last checkpoint) are dropped, so the log reads as one run. Nothing is
-    written before it, so a run that fails while it is being built leaves the log as it was.
+    written before it, so a run that fails while it is being built leaves the log as it was. Each record
+    written is also handed to the `listeners` (the experiment trackers), so they see the log and nothing else.
     """
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
         self.resume_step = resume_step
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,13 +187,17 @@ class RunLog:
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, kind: str, step: int, **fields: object) -> None:
-        """Append one record; a full disk or a file-size limit is a LogWriteError, which stops the run."""
-        line = json.dumps({"kind": kind, "step": step, **fields}) + "\n"
+        """Append one record, then hand it to the listeners (the experiment trackers); a full disk or a file-size
+        limit is a LogWriteError, which stops the run."""
+        record = {"kind": kind, "step": step, **fields}
+        line = json.dumps(record) + "\n"
         try:
             with open(self.path, "a") as f:
                 f.write(line)
         except OSError as e:
             raise LogWriteError(os_error_message(e, self.path, len(line))) from e
+        for listener in self.listeners:
+            listener(record)
 
 
 class LogWriteError(NanoGPTError):

@@ -215,6 +215,8 @@ def _train_state(state: dict[str, Any], source: Path) -> dict[str, Any]:
         GPTConfig.from_dict(state["model_config"])
     except (TypeError, ValueError) as e:
         raise bad(f"'model_config' is not a GPT config ({e})") from e
-    metrics = state.get("metrics")
+    metrics, trackers = state.get("metrics"), state.get("trackers")
     return {key: state[key] for key in (*TRAIN_STATE, *(k for k in _ON_DISK if isinstance(state[k], OnDisk)))} | {
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if isinstance(metrics, dict) else {}}
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if isinstance(metrics, dict) else {},
+        # The experiment-tracker runs to continue; older checkpoints have none.
+        "trackers": {k: v for k, v in trackers.items() if isinstance(v, dict)} if isinstance(trackers, dict) else {}}

@@ -13,6 +13,7 @@ from nano_gpt.config import PRESETS, GPTConfig
 from nano_gpt.defaults import DEFAULT_DATASET_DIR, DTYPE_CHOICES, DTYPE_NAMES, PARALLELISMS
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.runlog import LOG_FILE
+from nano_gpt.trackers import DEFAULT_PROJECT, TRACKERS, parse_report_to
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ class TrainConfig:
                                      "checkpoints and log.")
     stop_at_step: int | None = _option(None, "Stop with a checkpoint after this step, keeping the --max-steps "
                                              "schedule (resume later).")
+    report_to: str | None = _option(None, f"Also send the log's records to experiment trackers: {', '.join(TRACKERS)} "
+                                          "(comma-separated; each an optional extra, e.g. pip install "
+                                          "\"nano-gpt[tensorboard]\"). Only rank 0 reports.")
+    run_name: str | None = _option(None, "The run's name in the trackers (default: the --checkpoint-dir folder's name).")
+    project: str = _option(DEFAULT_PROJECT, "The W&B or Trackio project the run goes to.")
 
     def validate(self) -> None:
         """Refuse what cannot train: unknown names, and numbers out of range or not finite."""
@@ -125,6 +131,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if f.name != "seed" and type(value) is int and value >= 2**63:
                 raise NanoGPTError(f"--{_flag(f.name)}={value} is too large; at most 2**63 - 1")
+        parse_report_to(self.report_to)
         if self.overwrite and self.resume is not None:
             raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
 
@@ -161,6 +168,11 @@ class TrainConfig:
                 "pick a total that is a multiple of it"
             )
         return self.total_batch_size // per_micro_step
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The experiment trackers --report-to names."""
+        return parse_report_to(self.report_to)
 
     @property
     def last_step(self) -> int:

@@ -74,7 +74,7 @@ class Evaluator:
                 if self.hellaswag is not None:
                     metrics.update(self._hellaswag(model, step, tokens))
                 if samples and self.runtime.is_main:
-                    self._log_samples(model)
+                    self._log_samples(model, step, tokens)
         self.model.train()
         return metrics
 
@@ -91,11 +91,13 @@ class Evaluator:
         if self.log is not None:
             self.log.write(kind, step, **fields)
 
-    def _log_samples(self, model: GPT) -> None:
+    def _log_samples(self, model: GPT, step: int, tokens: int) -> None:
         enc = get_tokenizer()
         prompt = torch.tensor([enc.encode_ordinary(SAMPLE_PROMPT)] * 2, device=self.runtime.device)
         with self.runtime.autocast():
             samples = generate(model, prompt, 24, top_k=50,
                                generator=torch.Generator(self.runtime.device).manual_seed(42))
-        for i, tokens in enumerate(samples):
-            logger.info("sample %d: %s", i, enc.decode(tokens))
+        texts = [enc.decode(row) for row in samples]
+        for i, text in enumerate(texts):
+            logger.info("sample %d: %s", i, text)
+        self._record("sample", step, tokens=tokens, texts=texts)

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
+from nano_gpt.distributed import from_main
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
@@ -34,6 +35,7 @@ from nano_gpt.train.optim import learning_rate, make_optimizer
 from nano_gpt.runlog import LogWriteError, RunLog, differing_settings
 from nano_gpt.train.state import TrainState
 from nano_gpt.train.step import NonFiniteError, train_step
+from nano_gpt.trackers import RunStart, Trackers, default_run_name, open_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -144,23 +146,40 @@ class _Trainer:
             _warn_if_changed(checkpoint.train_config, config)
         self.log = RunLog(Path(config.log_file), checkpoint.step if checkpoint else None) if runtime.is_main else None
         self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)  # loads its data: may fail
+        n_params = model.num_parameters(exclude_embeddings=True)
+        run_info = dict(config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
+                        world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
+                        compile=self.use_compile, n_params=n_params)
+        # A missing tracker package or login fails here, before anything is deleted or the log rewritten.
+        self.trackers = open_trackers(config.trackers, RunStart(
+            Path(config.checkpoint_dir), config.project, config.run_name or default_run_name(config.checkpoint_dir),
+            self.state.step + 1, run_info), self.state.trackers, is_main=runtime.is_main)
         # Only now is anything deleted or the log (re)written: everything that could fail has passed.
         run_dir.clear_previous()  # --overwrite: the previous run's checkpoints and log (rank 0 holds the list)
         if self.log is not None:
             self.log.start()
-        n_params = model.num_parameters(exclude_embeddings=True)
+        self._follow(self.trackers)
         self.flops_per_step = flops_per_token(model.config, n_params, config.sequence_length) * config.total_batch_size
         self.peak = peak_flops(runtime.device)
         self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                  transient=True, disable=not (runtime.is_main and sys.stderr.isatty()))
-        self._announce(model, recipe, n_params, checkpoint is None)
+        self._announce(model, recipe, run_info, checkpoint is None)
 
-    def _announce(self, model: GPT, recipe: str, n_params: int, new_run: bool) -> None:
+    def _follow(self, trackers: Trackers | None) -> None:
+        """From here on the trackers see every log record; their runs are named in the log and in each checkpoint
+        (on every rank: each saves its part of a sharded one), so a resumed run continues them."""
+        if not self.config.trackers:
+            return
+        opened = trackers.identities() if trackers is not None else {}
+        self.state.trackers = from_main({**self.state.trackers, **opened})
+        if trackers is not None and self.log is not None:
+            self.log.write("trackers", self.state.step + 1, runs=self.state.trackers)
+            self.log.listeners.append(trackers.send)
+
+    def _announce(self, model: GPT, recipe: str, run_info: dict, new_run: bool) -> None:
         config, runtime = self.config, self.runtime
         if self.log is not None and new_run:
-            self.log.write("config", 0, config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
-                           world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
-                           compile=self.use_compile, n_params=n_params)
+            self.log.write("config", 0, **run_info)
         source = f"pretrained {config.pretrained}" if config.pretrained else config.model
         logger.info("model %s: %.1fM parameters | recipe %s | %s | compile %s | %d micro-steps of %d x %d tokens "
                     "per step", source, model.num_parameters() / 1e6, recipe, runtime.describe(), self.use_compile,
@@ -218,6 +237,8 @@ class _Trainer:
             raise NanoGPTError(f"{e}; {self._stop_without_log(last_checkpoint)}") from e
         finally:
             stop.restore()
+            if self.trackers is not None:
+                self.trackers.close()
         return TrainResult(last_step=state.step, losses=losses, checkpoint=last_checkpoint,
                            interrupted=stop.requested, main_process=runtime.is_main)
 

@@ -13,6 +13,7 @@ A checkpoint is a plain dict of tensors and Python primitives (no pickled object
     rng           {"torch": ByteTensor, "cuda": ByteTensor (on CUDA)}
     run           {"device", "dtype", "world_size", "nano_gpt_version"}: what trained it
     metrics       the latest {"tokens", "train_loss", "val_loss", "hellaswag_acc", "hellaswag_acc_norm"}
+    trackers      the experiment-tracker runs it reports to, {name: identity} (`nano_gpt.trackers`), to continue them
 
 Under FSDP the same dict is saved as a sharded folder (`nano_gpt.checkpoint.sharded`), with `model` and
 `optimizer` as each rank's shards and the optimizer's state keyed by parameter name instead of by index
@@ -54,6 +55,7 @@ class TrainState:
     config: dict[str, Any]  # TrainConfig.to_dict()
     step: int = -1
     metrics: dict[str, float] = field(default_factory=dict)
+    trackers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def sharded(self) -> bool:
@@ -77,6 +79,7 @@ class TrainState:
             "run": {"device": str(self.runtime.device), "dtype": self.runtime.dtype_name,
                     "world_size": self.runtime.world_size, "nano_gpt_version": nano_gpt_version()},
             "metrics": dict(self.metrics),
+            "trackers": dict(self.trackers),
         }
 
     def load_state_dict(self, checkpoint: dict[str, Any], source: Path | str) -> None:
@@ -98,6 +101,7 @@ class TrainState:
         self.loader.load_state_dict(checkpoint["loader"])
         self.step = checkpoint["step"]
         self.metrics = dict(checkpoint["metrics"])
+        self.trackers = dict(checkpoint.get("trackers", {}))
 
     def _load_sharded(self, on_disk: OnDisk) -> None:
         """Model and optimizer from a sharded folder, into this run's layout: each rank reads the slices of its
