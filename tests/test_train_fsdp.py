@@ -107,7 +107,7 @@ def test_sigkill_after_a_sharded_checkpoint_then_resume_continues_identically(ki
     run = killed_and_resumed
     assert run["checkpoints_at_kill"] == ["checkpoint_000002"]  # a folder of shards, complete, and the newest
     shards = sorted(p.name for p in (run["folder"] / "checkpoint_000002").iterdir())
-    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json"]  # each rank wrote its own
     resumed = _train_losses(run["folder"] / "train_log.jsonl")
     assert list(resumed) == list(range(6))  # the log reads as one run
     assert resumed[3] == run["before"][3]  # bit-identical: the step the killed run had already taken
