@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +49,17 @@ def cached_download(url: str, relative_path: str, sha256: str | None = None, tim
         except OSError as e:  # the cache under a regular file, or read-only
             raise NanoGPTError(f"cannot create the download cache folder {path.parent} ({e.strerror}); set "
                                "NANO_GPT_CACHE to a writable folder") from e
-        tmp = path.with_name(f"{path.name}.part{os.getpid()}")  # several ranks may download at once
         logger.info("downloading %s to %s", url, path)
+        fix = f"fetch it by hand and place it at {path}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-                shutil.copyfileobj(response, f)
-            os.replace(tmp, path)
-        except OSError as e:  # URLError, timeouts and disk errors are all OSErrors
-            tmp.unlink(missing_ok=True)
-            raise NanoGPTError(f"cannot download {url} ({e}); fetch it by hand and place it at {path}") from e
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except OSError as e:  # URLError and timeouts are OSErrors
+            raise NanoGPTError(f"cannot download {url} ({e}); {fix}") from e
+        with response:
+            try:  # a recorded temp per process: several ranks may download at once
+                atomic_write(path, lambda f: shutil.copyfileobj(response, f))
+            except NanoGPTError as e:  # a full disk, or the connection lost mid-way
+                raise NanoGPTError(f"cannot download {url}: {e}; {fix}") from e
     if sha256 is not None and (actual := sha256_file(path)) != sha256:
         raise NanoGPTError(f"{path} has sha256 {actual}, expected {sha256}; delete it so it is downloaded again")
     return path

@@ -22,7 +22,6 @@ from conftest import assert_one_line_error, files_under, run_cli_here
 from nano_gpt import precision, runlog
 from nano_gpt.checkpoint import read_checkpoint, save_checkpoint
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import temp_path
 from nano_gpt.train import TrainConfig, train
 from nano_gpt.train import rundir
 
@@ -98,7 +97,8 @@ def test_clean_up_removes_only_temps_that_a_dead_process_recorded(tinyshakespear
                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     stale = Path(killed.stdout.strip())
     assert stale.exists()
-    train(_config(tinyshakespeare_dir, tmp_path / "run", max_steps=2, log_file=str(home / "log.jsonl")))
+    run = rundir.prepare(_config(tinyshakespeare_dir, tmp_path / "run", log_file=str(home / "log.jsonl")).resolved())
+    run.release()
     assert not stale.exists() and not list(home.glob(".nano-gpt-temps.*"))
     after = files_under(home)
     assert {name: after[name] for name in users} == users
@@ -215,8 +215,8 @@ def test_an_export_on_a_full_disk_is_one_line_and_the_previous_export_stays(
 
 @pytest.fixture()
 def quiet_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(precision, "_warned", False)
-    monkeypatch.setattr(precision, "machine_load", lambda: (0.0, 8))
+    monkeypatch.setattr(precision, "_warned", False, raising=False)
+    monkeypatch.setattr(precision, "machine_load", lambda: (0.0, 8), raising=False)
     return tmp_path
 
 
@@ -266,10 +266,10 @@ def test_a_verdict_measured_under_load_is_marked_and_measured_again_when_quiet(
 
 
 def test_temp_names_are_ours_and_recorded_before_they_exist(tmp_path: Path) -> None:
+    from nano_gpt.files import discard_temp, temp_path
+
     tmp = temp_path(tmp_path / "model.bin")
     assert tmp.name.startswith(".model.bin.nano-gpt-tmp.") and not tmp.exists()
     assert (tmp_path / f".nano-gpt-temps.{os.getpid()}").read_text() == tmp.name + "\n"
-    from nano_gpt.files import discard_temp
-
     discard_temp(tmp)
     assert not list(tmp_path.iterdir())

@@ -245,6 +245,8 @@ class _Trainer:
     def _stop_without_log(self, last_checkpoint: Path | None) -> str:
         """Checkpoint the steps the log could not record, where the disk allows; says what the user has."""
         step = self.state.step
+        if step < 0:
+            return "training stopped before its first step"
         if self.state.sharded:  # a sharded save needs every rank, and only this one stopped
             return f"training stopped after step {step}; the last checkpoint is {last_checkpoint or 'none'}"
         try:
