@@ -325,6 +325,8 @@ def read_model_card(path: str | Path) -> str:
     """A user's own card (`--model-card=FILE`), as text; a missing or unreadable file is a user error."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a folder, or a device such as /dev/zero that reads forever
+            raise NanoGPTError(f"--model-card {path} is not a file; pass a Markdown file")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise NanoGPTError(f"--model-card {path} is not UTF-8 text; pass a Markdown file") from e

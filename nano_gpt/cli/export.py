@@ -48,8 +48,8 @@ def export(
         raise NanoGPTError("--private and --revision go with --push-to-hub=USER/REPO")
     if push_to_hub_repo is not None:
         check_repo_id(push_to_hub_repo)
-    prepare_export_dir(export_dir, force)  # before a model load that may take minutes
     card = read_model_card(model_card) if model_card is not None else None
+    prepare_export_dir(export_dir, force)  # before a model load that may take minutes
     torch_device = resolve_device(device)
     loaded = read_model(pretrained, checkpoint, default=None)
     model = loaded.model
