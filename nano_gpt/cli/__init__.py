@@ -4,7 +4,9 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
+import time
 from typing import Any, NoReturn, TextIO
 
 import typer
@@ -193,6 +195,18 @@ def main() -> None:
     sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 
+# How long a rank other than 0 keeps its error to itself, waiting for rank 0 to tell it (see `_error`).
+OTHER_RANKS_WAIT_S = 20.0
+
+
 def _error(message: str, exit_code: int = 1) -> NoReturn:
+    """Print one `error:` line and exit. Under torchrun every rank meets the same refusal: rank 0 tells it, and
+    the launcher then stops the others (SIGTERM), which exit quietly with the same code. A rank whose error
+    rank 0 did not meet (its launcher did not stop it within the wait) still tells it, naming its rank."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(exit_code))
+        time.sleep(OTHER_RANKS_WAIT_S)
+        message = f"rank {rank}: {message}"
     print(f"error: {_one_line(message)}", file=sys.stderr)
     sys.exit(exit_code)

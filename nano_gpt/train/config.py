@@ -136,6 +136,9 @@ class TrainConfig:
                                       max(len(os.fsencode(part)) for part in value.split("/")) > _NAME_MAX):
                 raise NanoGPTError(f"--{_flag(name)} is too long for the file system (at most {_NAME_MAX} bytes a "
                                    f"name, {_PATH_MAX} a path)")
+        if self.parallelism == "fsdp" and self.dtype == "fp16":  # refused before any process group is joined
+            raise NanoGPTError("--parallelism=fsdp trains in bf16 or fp32; fp16 would need a loss scaler that agrees "
+                               "across shards. Use --dtype=bf16, or --dtype=fp32 on GPUs without bf16, or DDP")
         if self.overwrite and self.resume is not None:
             raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
 

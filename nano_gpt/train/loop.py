@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
+from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
@@ -101,6 +102,8 @@ def train(config: TrainConfig) -> TrainResult:
     recipe = config.model if config.pretrained is None else recipe_for(
         read_checkpoint(config.pretrained, weights=False).config)
     config = config.resolved(recipe)
+    ranks = torchrun_ranks()  # from torchrun's environment: refused here, before any process group is joined
+    config.grad_accum_steps(1 if ranks is None else ranks.world_size)
     resume_file = rundir.prepare(config)
     checkpoint = _read_resume(config, resume_file) if resume_file is not None else None
     model = _initial_model(config, checkpoint)
