@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import assert_one_line_error, files_under, run_cli_here as cli, write_hellaswag_file
 from data_corpus import documents
@@ -147,3 +149,74 @@ def test_ctrl_c_while_starting_is_a_quiet_exit_130(world: dict) -> None:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err and "error" not in err, err
+
+
+# --- the smaller ones: a license the Hub does not know, another --model on resume, HellaSwag files, changed shards
+
+@pytest.mark.parametrize("license", ["mit-ish", "other", "other:Not A Slug"])
+def test_a_license_the_hub_does_not_know_is_refused_before_exporting(world: dict, tmp_path: Path, license: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("export", f"--checkpoint={world['checkpoint']}", "--export-dir=out", f"--license={license}")
+    assert_one_line_error(result, f"--license={license}", "other:NAME")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_license_of_its_own_is_other_with_its_name() -> None:
+    from nano_gpt import GPTConfig
+    from nano_gpt.model_card import CardFacts, render_model_card
+
+    card = render_model_card(CardFacts(config=GPTConfig(), parameters=1), name="x", license="other:my-license-1.0")
+    assert "license: other\n" in card and "license_name: my-license-1.0\n" in card
+
+
+def test_resuming_with_another_model_says_so_and_records_the_checkpoints(world: dict, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    args = [a for a in _train_args(world) if not a.startswith(("--model=", "--max-steps="))]
+    result = cli(*args, "--model=gpt2-xs", "--max-steps=2", f"--checkpoint-dir={run}", "--resume=auto")
+    assert result.returncode == 0, result.stderr
+    assert "--model=gpt2-xs differs from the checkpoint's model gpt2-xxs: resuming gpt2-xxs" in result.stderr
+    saved = torch.load(run / "checkpoint_000001.bin", weights_only=True)
+    assert saved["train_config"]["model"] == "gpt2-xxs" and "model gpt2-xxs -> gpt2-xs" not in result.stderr
+
+
+def test_a_hellaswag_file_with_a_byte_order_mark_reads_as_without(world: dict, tmp_path: Path) -> None:
+    from nano_gpt.eval.hellaswag import load_hellaswag
+
+    marked = tmp_path / "bom.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + world["hellaswag"].read_bytes())
+    assert load_hellaswag(marked) == load_hellaswag(world["hellaswag"])
+
+
+def test_a_hellaswag_ending_longer_than_the_context_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from nano_gpt import GPT, GPTConfig
+    from nano_gpt.eval.hellaswag import HellaSwagExample, evaluate_hellaswag
+
+    model = GPT(GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=2, n_embd=32))
+    long = " ".join(["word"] * 40)
+    examples = [HellaSwagExample("A man", ("sits.", long, "runs.", "eats."), 0),
+                HellaSwagExample("A woman", ("sits.", "runs.", "eats.", "reads."), 0)]
+    with caplog.at_level("WARNING"):
+        result = evaluate_hellaswag(model, examples, "cpu")
+    assert result.total == 2
+    assert [r.getMessage() for r in caplog.records if "longer than the model's context" in r.getMessage()] == [
+        "1 HellaSwag example (the first: 1) has an ending longer than the model's context of 16 tokens; its tail "
+        "was cut, so it is scored on part of it"]
+
+
+def test_resuming_on_shards_that_changed_since_the_checkpoint_warns(world: dict, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from nano_gpt.data.loader import ShardLoader
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(documents(100, words=40)))
+    prepare_dataset(str(corpus), ["train"], dataset_dir=tmp_path / "data", validation_tokens=0, num_workers=1)
+    state = ShardLoader(tmp_path / "data", str(corpus), "train", 2, 16).state_dict()
+    corpus.write_text("\n\n".join(documents(100, words=40, seed=1)))
+    prepare_dataset(str(corpus), ["train"], dataset_dir=tmp_path / "data", validation_tokens=0, num_workers=1,
+                    force=True)
+    with caplog.at_level("WARNING"):
+        ShardLoader(tmp_path / "data", str(corpus), "train", 2, 16).load_state_dict(state)
+    assert any("the train shards changed since the checkpoint" in r.getMessage() for r in caplog.records)

@@ -7,6 +7,7 @@ Single-device model code; data parallelism (DDP or FSDP) and torch.compile are a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -28,7 +29,7 @@ from nano_gpt.model import GPT
 from nano_gpt.parallel import parallelize
 from nano_gpt.runtime import Runtime
 from nano_gpt.train import rundir
-from nano_gpt.train.config import TrainConfig, recipe_for
+from nano_gpt.train.config import RECIPES, TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
@@ -101,11 +102,18 @@ def train(config: TrainConfig) -> TrainResult:
     # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
     recipe = config.model if config.pretrained is None else recipe_for(
         read_checkpoint(config.pretrained, weights=False).config)
-    config = config.resolved(recipe)
+    requested, config = config, config.resolved(recipe)
     ranks = torchrun_ranks()  # from torchrun's environment: refused here, before any process group is joined
     config.grad_accum_steps(1 if ranks is None else ranks.world_size)
     resume_file = rundir.prepare(config)
     checkpoint = _read_resume(config, resume_file) if resume_file is not None else None
+    saved_model = checkpoint.train_config.get("model") if checkpoint is not None else None
+    if config.pretrained is None and saved_model in RECIPES and saved_model != config.model:
+        # The checkpoint's weights decide the model: its recipe fills what the flags leave open, and the log
+        # and the next checkpoints record it, not a --model that was never trained.
+        logger.warning("--model=%s differs from the checkpoint's model %s: resuming %s", config.model, saved_model,
+                       saved_model)
+        recipe, config = saved_model, dataclasses.replace(requested, model=saved_model).resolved(saved_model)
     model = _initial_model(config, checkpoint)
     if config.sequence_length > model.config.block_size:
         raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
