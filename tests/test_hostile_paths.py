@@ -1,7 +1,9 @@
 """Output and paths a user's shell can hand any command: standard output that is full, closed or goes away, path
 options with a name or a path over the file system's limits, bytes that are not UTF-8, an empty path option, a
-device given as a file, and Ctrl-C while the command starts. Each is one `error:` line (Ctrl-C: a quiet exit 130)
-and leaves every file already on disk as it was.
+device given as a file, an empty NANO_GPT_CACHE, and Ctrl-C while the command starts. Each is one `error:` line
+(Ctrl-C: a quiet exit 130) and leaves every file already on disk as it was. Then the smaller faults: a license the
+Hub does not know, another --model on resume, HellaSwag files with a byte-order mark or over-long endings, and
+shards changed under a checkpoint.
 
 Most cases run in this process through `nano_gpt.cli.main`; those where the process itself matters (its
 standard output, a signal) run as one.
@@ -104,6 +106,14 @@ def test_an_empty_path_option_is_refused_not_read_as_the_current_folder(world: d
     args = [a for a in _train_args(world) if not a.startswith(f"{option}=")]
     result = cli(*args, *extra, *([] if option == "--checkpoint-dir" else [f"--checkpoint-dir={tmp_path / 'run'}"]))
     assert_one_line_error(result, option, "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_cache_variable_is_refused_not_read_as_the_current_folder(world: dict, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANO_GPT_CACHE", "")
+    result = _run_from(tmp_path, PATH_OPTIONS["sample --checkpoint"](world), str(world["checkpoint"]), monkeypatch)
+    assert_one_line_error(result, "NANO_GPT_CACHE", "empty")
     assert list(tmp_path.iterdir()) == []
 
 

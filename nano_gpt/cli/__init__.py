@@ -90,9 +90,11 @@ except ImportError:  # pragma: no cover - typer >= 0.26 needs no click
 
 
 def _refuse_unusable_arguments(args: list[str]) -> None:
-    """Arguments no command can use, refused before anything runs: an empty `--option=` (an empty path would
-    mean the current folder) and bytes that are not UTF-8 (a path Python can open, but that the run log, the
+    """Arguments no command can use, refused before anything runs: an empty `--option=` or NANO_GPT_CACHE (an
+    empty path would mean the current folder) and bytes that are not UTF-8 (a path Python can open, but that the run log, the
     manifests and the model card, all UTF-8 text, cannot record)."""
+    if os.environ.get("NANO_GPT_CACHE", "x").strip() == "":
+        raise NanoGPTError("NANO_GPT_CACHE is set but empty; name a folder, or unset it for ~/.cache/nano_gpt")
     for arg in args:
         if arg.startswith("--") and arg.endswith("=") and arg.count("=") == 1:
             raise NanoGPTError(f"{arg} is empty; give it a value or leave the option out")
