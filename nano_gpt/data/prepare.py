@@ -450,8 +450,7 @@ def _count_tokens(documents: Iterator[str], encoder: _Encoder, limit: int) -> tu
     return tokens, text
 
 
-def _siblings(dataset_dir: Path, dataset: str, others: list[str], options: dict[str, Any],
-              force: bool) -> list[dict[str, Any]]:
+def _siblings(dataset_dir: Path, dataset: str, others: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifests of the dataset's prepared splits that this run leaves alone, once each is checked to have
     been made with this run's settings: splits cut from one stream (a local corpus's train and validation)
     made with two --validation-tokens would overlap, and validation losses would quietly be wrong."""
@@ -462,11 +461,13 @@ def _siblings(dataset_dir: Path, dataset: str, others: list[str], options: dict[
             continue
         manifest = load_manifest(path, f"pass --force --splits={other} with the others to prepare it again")
         if manifest["options"] != options:
-            command = f"nano-gpt prepare_dataset --dataset={shlex.quote(dataset)} --force"
+            words = ["nano-gpt", "prepare_dataset", f"--dataset={shlex.quote(dataset)}", "--force"]
+            if Path(dataset_dir) != DEFAULT_DATASET_DIR:
+                words.append(f"--dataset-dir={shlex.quote(str(dataset_dir))}")
             raise NanoGPTError(f"the {other} split in {path.parent} was prepared with {_flags(manifest['options'])}, "
                                f"this run would use {_flags(options)}: a dataset's splits are made with one setting, "
                                f"or their tokens may overlap; pass the same settings, or prepare every split again "
-                               f"with `{command}`" + (" and the settings you want" if not force else ""))
+                               f"with `{' '.join(words)}` and the settings you want")
         found.append(manifest)
     return found
 
@@ -507,7 +508,7 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
     if unknown := [s for s in splits if s not in sources]:
         raise NanoGPTError(f"dataset {dataset!r} has no split {unknown[0]!r}; its splits are {', '.join(sources)}")
     options = {**next(iter(sources.values())).options, "tokens_per_shard": tokens_per_shard}
-    siblings = _siblings(dataset_dir, dataset, [s for s in sources if s not in splits], options, force)
+    siblings = _siblings(dataset_dir, dataset, [s for s in sources if s not in splits], options)
     prepared = {}
     corpus_validation_tokens: int | None = None  # for uncut splits, counted once, when a split must be written
     with ExitStack() as stack:

@@ -108,7 +108,8 @@ def train(config: TrainConfig) -> TrainResult:
     resume_file = rundir.prepare(config)
     checkpoint = _read_resume(config, resume_file) if resume_file is not None else None
     saved_model = checkpoint.train_config.get("model") if checkpoint is not None else None
-    if config.pretrained is None and saved_model in RECIPES and saved_model != config.model:
+    if config.pretrained is None and isinstance(saved_model, str) and saved_model in RECIPES \
+            and saved_model != config.model:
         # The checkpoint's weights decide the model: its recipe fills what the flags leave open, and the log
         # and the next checkpoints record it, not a --model that was never trained.
         logger.warning("--model=%s differs from the checkpoint's model %s: resuming %s", config.model, saved_model,
