@@ -96,13 +96,21 @@ def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
                        "uninterrupted one", ", ".join(changed))
 
 
+def _check_context(config: TrainConfig, model_config: GPTConfig) -> None:
+    if config.sequence_length > model_config.block_size:
+        raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
+                           f"{model_config.block_size}")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
     # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
-    recipe = config.model if config.pretrained is None else recipe_for(
-        read_checkpoint(config.pretrained, weights=False).config)
+    shape = GPTConfig.from_preset(config.model) if config.pretrained is None else read_checkpoint(
+        config.pretrained, weights=False).config
+    recipe = config.model if config.pretrained is None else recipe_for(shape)
     requested, config = config, config.resolved(recipe)
+    _check_context(config, shape)
     ranks = torchrun_ranks()  # from torchrun's environment: refused here, before any process group is joined
     config.grad_accum_steps(1 if ranks is None else ranks.world_size)
     resume_file = rundir.prepare(config)
@@ -116,9 +124,7 @@ def train(config: TrainConfig) -> TrainResult:
                        saved_model)
         recipe, config = saved_model, dataclasses.replace(requested, model=saved_model).resolved(saved_model)
     model = _initial_model(config, checkpoint)
-    if config.sequence_length > model.config.block_size:
-        raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
-                           f"{model.config.block_size}")
+    _check_context(config, model.config)  # a resumed checkpoint's model may differ from --model's
     runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
     try:
         return _Trainer(config, runtime, model, recipe, checkpoint).run()
