@@ -42,3 +42,4 @@ def test_a_refusal_under_torchrun_is_one_line_from_rank_0(tmp_path: Path) -> Non
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "nano-gpt prepare_dataset" in errors[0] and "rank 1" not in errors[0], result.stderr
+    assert f"traceback : {errors[0]}" in result.stderr  # torchrun's summary shows the line, not a link to its docs

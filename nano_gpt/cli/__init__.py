@@ -2,11 +2,13 @@
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import typer
@@ -210,5 +212,9 @@ def _error(message: str, exit_code: int = 1) -> NoReturn:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(exit_code))
         time.sleep(OTHER_RANKS_WAIT_S)
         message = f"rank {rank}: {message}"
-    print(f"error: {_one_line(message)}", file=sys.stderr)
+    line = f"error: {_one_line(message)}"
+    print(line, file=sys.stderr)
+    if error_file := os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then shows it, not a link
+        with contextlib.suppress(OSError):
+            Path(error_file).write_text(json.dumps({"message": line, "timestamp": int(time.time())}))
     sys.exit(exit_code)
