@@ -204,6 +204,35 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
+# The license identifiers the Hub knows (huggingface.co/docs/hub/repositories-licenses); any other license is
+# `other` with a name of its own, which the Hub asks for as `license_name`.
+HUB_LICENSES = frozenset("""
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
+    afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0
+    cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+    cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+    cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl
+    gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr
+    mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+    deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma
+    unknown""".split())
+_LICENSE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+
+
+def parse_license(value: str) -> tuple[str, str | None]:
+    """`--license` as the card's (license, license_name): a Hub identifier, or `other:NAME` for any other
+    license; anything else is refused, since the Hub would show a card with an unknown license as broken."""
+    if value in HUB_LICENSES:
+        return value, None
+    kind, _, name = value.partition(":")
+    if kind == "other" and _LICENSE_NAME.fullmatch(name):
+        return "other", name
+    hint = "name it: --license=other:NAME (lowercase letters, digits, '-' and '.')" if kind == "other" else \
+        "pass one of the Hub's identifiers (mit, apache-2.0, cc-by-4.0, ...; huggingface.co/docs/hub/" \
+        "repositories-licenses) or --license=other:NAME for another license"
+    raise NanoGPTError(f"--license={value} is not a license the Hub knows; {hint}")
+
+
 def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None,
                       license: str = DEFAULT_LICENSE, plot_file: str | None = None) -> str:
     """The card's text: YAML front matter for the Hub, then Markdown. `name` titles it; `repo_id`, when
@@ -213,9 +242,11 @@ def render_model_card(facts: CardFacts, *, name: str, repo_id: str | None = None
     train = facts.train_config
     dataset = train.get("dataset") if isinstance(train.get("dataset"), str) else None
     hub_dataset = _hub_dataset(dataset) if dataset else None
+    license, license_name = parse_license(license)
     data = ModelCardData(
         library_name="transformers",
         license=license,
+        license_name=license_name,
         tags=["gpt2", "text-generation", "nano-gpt"],
         datasets=[hub_dataset] if hub_dataset else None,
         pipeline_tag="text-generation",
@@ -325,6 +356,8 @@ def read_model_card(path: str | Path) -> str:
     """A user's own card (`--model-card=FILE`), as text; a missing or unreadable file is a user error."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a folder, or a device such as /dev/zero that reads forever
+            raise NanoGPTError(f"--model-card {path} is not a file; pass a Markdown file")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise NanoGPTError(f"--model-card {path} is not UTF-8 text; pass a Markdown file") from e

@@ -21,8 +21,8 @@ def export(
     device: DeviceOption = "cpu",
     model_card: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Your own README.md instead of the "
                                                        "generated model card.")] = None,
-    license: Annotated[str, typer.Option(help="The license id in the model card's metadata (mit, apache-2.0, "
-                                              "other, ...).")] = DEFAULT_LICENSE,
+    license: Annotated[str, typer.Option(help="The license in the model card's metadata: one of the Hub's "
+                                              "identifiers (mit, apache-2.0, cc-by-4.0, ...) or other:NAME.")] = DEFAULT_LICENSE,
     push_to_hub_repo: Annotated[Optional[str], typer.Option("--push-to-hub", metavar="USER/REPO", help="Then upload "
                                 "the folder to this Hugging Face Hub model repo (created if missing).")] = None,
     private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.")] = False,
@@ -54,7 +54,7 @@ def export(
         raise NanoGPTError("--output goes with --format=gguf; a Hugging Face folder is written to --export-dir")
     from nano_gpt.export import export_model, prepare_export_dir
     from nano_gpt.hub import check_repo_id, push_to_hub
-    from nano_gpt.model_card import facts_from_checkpoint, facts_from_pretrained, read_model_card
+    from nano_gpt.model_card import facts_from_checkpoint, facts_from_pretrained, parse_license, read_model_card
     from nano_gpt.runtime import resolve_device
     from nano_gpt.tokenizer import is_gpt2
 
@@ -62,8 +62,9 @@ def export(
         raise NanoGPTError("--private and --revision go with --push-to-hub=USER/REPO")
     if push_to_hub_repo is not None:
         check_repo_id(push_to_hub_repo)
-    prepare_export_dir(export_dir, force)  # before a model load that may take minutes
+    parse_license(license)
     card = read_model_card(model_card) if model_card is not None else None
+    prepare_export_dir(export_dir, force)  # before a model load that may take minutes
     torch_device = resolve_device(device)
     loaded = read_model(pretrained, checkpoint, default=None)
     model = loaded.model

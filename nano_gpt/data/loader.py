@@ -12,6 +12,8 @@ The position is two ints, the epoch and the tokens read in it by all ranks toget
 saved by rank 0 restores every rank, and a resumed run sees exactly the batches it would have seen.
 """
 
+import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ import torch
 from nano_gpt.data.shards import SHARD_DTYPE, split_dir, verify_split
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.tokenizer import EOT_TOKEN
+
+logger = logging.getLogger(__name__)
 
 SCAN_TOKENS = 1 << 24  # documents are found by scanning a shard in chunks, keeping memory flat
 CACHED_SHARDS = 4  # shards whose shuffled document order is kept; a batch rarely spans more
@@ -38,6 +42,9 @@ class ShardLoader:
         self.micro_batch_size, self.sequence_length = micro_batch_size, sequence_length
         self.rank, self.world_size, self.shuffle, self.seed = rank, world_size, shuffle, seed
         self.manifest = verify_split(dataset_dir, dataset, split)  # fails here, before step 0, on any corruption
+        self.split = split
+        # The shards' hashes in order, in short: what a checkpoint records to notice shards changed under it.
+        self.fingerprint = hashlib.sha256(" ".join(s["sha256"] for s in self.manifest["shards"]).encode()).hexdigest()[:16]
         directory = split_dir(dataset_dir, dataset, split)
         self._shards = [np.memmap(directory / s["file"], dtype=SHARD_DTYPE, mode="r") for s in self.manifest["shards"]]
         self.total_tokens = sum(len(s) for s in self._shards)
@@ -73,10 +80,15 @@ class ShardLoader:
         y = tokens[1:].view(self.micro_batch_size, self.sequence_length)  # (B, T)
         return x, y
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+    def state_dict(self) -> dict[str, int | str]:
+        return {"epoch": self.epoch, "position": self.position, "shards": self.fingerprint}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int | str]) -> None:
+        saved = state.get("shards")  # absent from checkpoints written before it was recorded
+        if isinstance(saved, str) and saved != self.fingerprint:
+            logger.warning("the %s shards changed since the checkpoint was written (prepared again, or another "
+                           "corpus): the run goes on, from the same position in the new token stream, but will not "
+                           "match the interrupted one", self.split)
         self._seek(int(state["epoch"]), int(state["position"]))
 
     def _read(self, start: int, n: int) -> np.ndarray:

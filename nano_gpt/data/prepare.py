@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shlex
 import shutil
 import signal
 import threading
@@ -50,7 +51,7 @@ from nano_gpt.data.sources import Split, dataset_splits, default_validation_toke
 from nano_gpt.defaults import DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.files import atomic_write
-from nano_gpt.tokenizer import EOT_TOKEN, get_tokenizer
+from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,9 @@ def _finished(directory: Path, options: dict[str, Any]) -> dict[str, Any] | None
 
 
 def _write_split(dataset: str, name: str, split: Split, directory: Path, options: dict[str, Any],
-                 tokens_per_shard: int, encoder: _Encoder) -> dict[str, Any]:
+                 tokens_per_shard: int, encoder: _Encoder, stream_cut: int | None) -> dict[str, Any]:
+    """Write one split's shards, then its manifest; `stream_cut` is where a stream shared with a sibling split
+    was cut when no flag said (recorded, so that the sibling is cut at the same token)."""
     directory.mkdir(parents=True, exist_ok=True)
     log = _ProgressLog(directory, options)
     try:
@@ -418,8 +421,9 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
             raise NanoGPTError(f"the corpus is empty: the {name} split of {dataset!r} holds no text")
         raise NanoGPTError(f"the {name} split of {dataset!r} has no tokens: the corpus has {position:,}, all of them "
                            f"in the first {split.skip_tokens:,}, the validation split; lower --validation-tokens")
-    manifest = {"dataset": dataset, "split": name, "tokenizer": "gpt2", "eot_token": EOT_TOKEN, "dtype": "uint16",
-                "options": options, "tokens": total, "shards": shards}
+    manifest = {"dataset": dataset, "split": name, "tokenizer": "gpt2", "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN,
+                "dtype": "uint16", "options": options, **({} if stream_cut is None else {"cut": stream_cut}),
+                "tokens": total, "shards": shards}
     # A shard deleted meanwhile (by hand, by a cleaner) must not end in a manifest that names it.
     check_shard_sizes(directory, manifest, "something changed it while the split was being prepared; run the same "
                                            "command again, which rewrites it")
@@ -443,6 +447,35 @@ def _count_tokens(documents: Iterator[str], encoder: _Encoder, limit: int) -> tu
         if tokens >= limit:
             break
     return tokens, text
+
+
+def _siblings(dataset_dir: Path, dataset: str, others: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifests of the dataset's prepared splits that this run leaves alone, once each is checked to have
+    been made with this run's settings: splits cut from one stream (a local corpus's train and validation)
+    made with two --validation-tokens would overlap, and validation losses would quietly be wrong."""
+    found = []
+    for other in others:
+        path = split_dir(dataset_dir, dataset, other) / MANIFEST
+        if not path.is_file():
+            continue
+        manifest = load_manifest(path, f"pass --force --splits={other} with the others to prepare it again")
+        if manifest["options"] != options:
+            words = ["nano-gpt", "prepare_dataset", f"--dataset={shlex.quote(dataset)}", "--force"]
+            if Path(dataset_dir) != DEFAULT_DATASET_DIR:
+                words.append(f"--dataset-dir={shlex.quote(str(dataset_dir))}")
+            raise NanoGPTError(f"the {other} split in {path.parent} was prepared with {_flags(manifest['options'])}, "
+                               f"this run would use {_flags(options)}: a dataset's splits are made with one setting, "
+                               f"or their tokens may overlap; pass the same settings, or prepare every split again "
+                               f"with `{' '.join(words)}` and the settings you want")
+        found.append(manifest)
+    return found
+
+
+def _sibling_cut(siblings: list[dict[str, Any]]) -> int | None:
+    """Where a sibling split cut the shared stream when no flag said, so this split is cut at the same token
+    (counting again could land elsewhere: the corpus may have changed since)."""
+    cuts = [m["cut"] for m in siblings if isinstance(m.get("cut"), int) and not isinstance(m.get("cut"), bool)]
+    return cuts[0] if cuts else None
 
 
 def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"),
@@ -473,6 +506,8 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
     sources = dataset_splits(dataset, validation_tokens, tokens_per_shard, text_column)
     if unknown := [s for s in splits if s not in sources]:
         raise NanoGPTError(f"dataset {dataset!r} has no split {unknown[0]!r}; its splits are {', '.join(sources)}")
+    options = {**next(iter(sources.values())).options, "tokens_per_shard": tokens_per_shard}
+    siblings = _siblings(dataset_dir, dataset, [s for s in sources if s not in splits], options)
     prepared = {}
     corpus_validation_tokens: int | None = None  # for uncut splits, counted once, when a split must be written
     with ExitStack() as stack:
@@ -489,7 +524,10 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
                         logger.info("%s is already prepared; pass --force to prepare it again", directory)
                         prepared[name] = PreparedSplit(directory, manifest, reused=True)
                         continue
+                    stream_cut = None
                     if split.uncut is not None:
+                        if corpus_validation_tokens is None:
+                            corpus_validation_tokens = _sibling_cut(siblings)
                         if corpus_validation_tokens is None:
                             logger.info("counting the tokens of %s to give 10%% of them (at most one shard) to "
                                         "validation; --validation-tokens=N skips this", dataset)
@@ -497,8 +535,9 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
                             if text == 0:
                                 raise NanoGPTError(f"the corpus is empty: {dataset!r} holds no text")
                             corpus_validation_tokens = default_validation_tokens(tokens, tokens_per_shard)
-                        split = split.cut(corpus_validation_tokens)
-                    manifest = _write_split(dataset, name, split, directory, options, tokens_per_shard, encoder)
+                        split, stream_cut = split.cut(corpus_validation_tokens), corpus_validation_tokens
+                    manifest = _write_split(dataset, name, split, directory, options, tokens_per_shard, encoder,
+                                            stream_cut)
                     prepared[name] = PreparedSplit(directory, manifest, reused=False)
             except OSError as e:  # a read-only or full disk, a file where a folder should be, and the like
                 raise NanoGPTError(f"cannot prepare the {name} split in {directory}: {_os_error(e)}") from e

@@ -27,7 +27,7 @@ from nano_gpt.data.sources import dataset_slug
 from nano_gpt.defaults import DEFAULT_DATASET_DIR
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.files import atomic_write
-from nano_gpt.tokenizer import VOCAB_SIZE
+from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,13 @@ def _manifest_problem(manifest: Any) -> str | None:
             return f"it has no {key!r}"
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             return f"its {key!r} is of type {type(manifest[key]).__name__}, not {kind.__name__}"
+    # Token ids only mean something in the vocabulary they were made with (older manifests have no vocab_size).
+    if manifest.get("tokenizer", "gpt2") != "gpt2" or manifest.get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE \
+            or manifest.get("eot_token", EOT_TOKEN) != EOT_TOKEN or manifest.get("dtype", "uint16") != "uint16":
+        made = ", ".join(f"{key} {manifest.get(key)!r}" for key in ("tokenizer", "vocab_size", "eot_token", "dtype")
+                         if key in manifest)
+        return f"it was made with another tokenizer ({made}), not GPT-2's ({VOCAB_SIZE} tokens, <|endoftext|> = " \
+               f"{EOT_TOKEN}, uint16)"
     if not manifest["shards"]:
         return "it lists no shards"
     for i, shard in enumerate(manifest["shards"]):

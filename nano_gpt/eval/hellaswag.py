@@ -15,6 +15,7 @@ rounding), with less than half the work of the reproduction's one example per (4
   predicted.
 """
 
+import codecs
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -122,6 +123,8 @@ def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> 
     examples: list[HellaSwagExample] = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
+            if number == 1:  # a byte-order mark, as some editors write: read as prepare_dataset reads it
+                line = line.removeprefix(codecs.BOM_UTF8)
             if line.strip():
                 examples.append(_parse_line(line, f"{path}, line {number}"))
                 if len(examples) == limit:
@@ -242,6 +245,15 @@ def evaluate_hellaswag(
     block_size = model.config.block_size
     enc = tokenizer or get_tokenizer()
     rows = [(i, _packed(examples[i], block_size, enc)) for i in range(rank, len(examples), world_size)]
+    # Said once: an ending longer than the context loses its tail (_tokenize), so its example scores on less.
+    # A token is at least one character, so only endings that long can be.
+    cut = [i + 1 for i in range(rank, len(examples), world_size) if any(
+        len(ending) + 1 > block_size - 1 and len(enc.encode_ordinary(" " + ending)) > block_size - 1
+        for ending in examples[i].endings)]
+    if cut:
+        logger.warning("%d HellaSwag example%s (the first: %d) ha%s an ending longer than the model's context of %d "
+                       "tokens; its tail was cut, so %s scored on part of it", len(cut), "s" * (len(cut) > 1), cut[0],
+                       "ve" if len(cut) > 1 else "s", block_size, "they are" if len(cut) > 1 else "it is")
     for i, row in rows:
         check_ids_fit(row.tokens, model.config.vocab_size, enc, f"HellaSwag example {i + 1}")
     rows.sort(key=lambda item: -len(item[1].tokens))  # the longest first, so running out of memory shows at once

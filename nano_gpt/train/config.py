@@ -6,6 +6,7 @@ it, so the command line and the library cannot drift apart.
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,19 @@ class TrainConfig:
             if f.name != "seed" and type(value) is int and value >= 2**63:
                 raise NanoGPTError(f"--{_flag(f.name)}={value} is too large; at most 2**63 - 1")
         parse_report_to(self.report_to)
+        for name in ("dataset", "dataset_dir", "checkpoint_dir", "log_file", "hellaswag_file", "pretrained", "resume"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():  # Path("") is ".": an empty value would mean this folder
+                raise NanoGPTError(f"--{_flag(name)}= is empty; name a file or folder (. for this one)")
+        for name in ("checkpoint_dir", "log_file"):  # the two paths a run creates: refused before it creates either
+            value = getattr(self, name)
+            if value is not None and (len(os.fsencode(value)) > _PATH_MAX or
+                                      max(len(os.fsencode(part)) for part in value.split("/")) > _NAME_MAX):
+                raise NanoGPTError(f"--{_flag(name)} is too long for the file system (at most {_NAME_MAX} bytes a "
+                                   f"name, {_PATH_MAX} a path)")
+        if self.parallelism == "fsdp" and self.dtype == "fp16":  # refused before any process group is joined
+            raise NanoGPTError("--parallelism=fsdp trains in bf16 or fp32; fp16 would need a loss scaler that agrees "
+                               "across shards. Use --dtype=bf16, or --dtype=fp32 on GPUs without bf16, or DDP")
         if self.overwrite and self.resume is not None:
             raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
 
@@ -179,6 +193,10 @@ class TrainConfig:
         """The last step this invocation runs: --stop-at-step, or the end of the schedule."""
         end = self.max_steps - 1
         return end if self.stop_at_step is None else min(end, self.stop_at_step)
+
+
+# Linux's and macOS's limits on a name and a path, in bytes (os.pathconf would need a folder that exists).
+_NAME_MAX, _PATH_MAX = 255, 4096
 
 
 def _flag(name: str) -> str:

@@ -7,6 +7,7 @@ Single-device model code; data parallelism (DDP or FSDP) and torch.compile are a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -21,14 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import GPTConfig
 from nano_gpt.data import ShardLoader
-from nano_gpt.distributed import from_main
+from nano_gpt.distributed import from_main, torchrun_ranks
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
 from nano_gpt.parallel import parallelize
 from nano_gpt.runtime import Runtime
 from nano_gpt.train import rundir
-from nano_gpt.train.config import TrainConfig, recipe_for
+from nano_gpt.train.config import RECIPES, TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
@@ -96,20 +97,36 @@ def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
                        "uninterrupted one", ", ".join(changed))
 
 
+def _check_context(config: TrainConfig, model_config: GPTConfig) -> None:
+    if config.sequence_length > model_config.block_size:
+        raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
+                           f"{model_config.block_size}")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
     # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
-    recipe = config.model if config.pretrained is None else recipe_for(
-        read_checkpoint(config.pretrained, weights=False).config)
-    config = config.resolved(recipe)
+    shape = GPTConfig.from_preset(config.model) if config.pretrained is None else read_checkpoint(
+        config.pretrained, weights=False).config
+    recipe = config.model if config.pretrained is None else recipe_for(shape)
+    requested, config = config, config.resolved(recipe)
+    _check_context(config, shape)
+    ranks = torchrun_ranks()  # from torchrun's environment: refused here, before any process group is joined
+    config.grad_accum_steps(1 if ranks is None else ranks.world_size)
     run_dir = rundir.prepare(config)  # locks the run; deletes nothing yet
     try:
         checkpoint = _read_resume(config, run_dir.resume_file) if run_dir.resume_file is not None else None
+        saved_model = checkpoint.train_config.get("model") if checkpoint is not None else None
+        if config.pretrained is None and isinstance(saved_model, str) and saved_model in RECIPES \
+                and saved_model != config.model:
+            # The checkpoint's weights decide the model: its recipe fills what the flags leave open, and the log
+            # and the next checkpoints record it, not a --model that was never trained.
+            logger.warning("--model=%s differs from the checkpoint's model %s: resuming %s", config.model,
+                           saved_model, saved_model)
+            recipe, config = saved_model, dataclasses.replace(requested, model=saved_model).resolved(saved_model)
         model = _initial_model(config, checkpoint)
-        if config.sequence_length > model.config.block_size:
-            raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
-                               f"{model.config.block_size}")
+        _check_context(config, model.config)  # a resumed checkpoint's model may differ from --model's
         runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
         try:
             return _Trainer(config, runtime, model, recipe, checkpoint, run_dir).run()

@@ -1,0 +1,45 @@
+"""Under torchrun a refusal is told once: rank 0 prints the one `error:` line, the other ranks exit quietly with
+the same code; what the launch itself cannot do (batch sizes that do not divide over its processes, FSDP in
+fp16) is refused before any process group is joined or any file written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from nano_gpt.errors import NanoGPTError
+from nano_gpt.train import TrainConfig, train
+
+TINY = dict(model="gpt2-xxs", device="cpu", dtype="fp32", compile=False, sequence_length=32, micro_batch_size=1,
+            max_steps=2, warmup_steps=0, max_lr=1e-3, validation_steps=0, hellaswag_samples=0)
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({"total_batch_size": 96}, "not divisible"),  # 96 = 3 x 32: one process divides it, two do not
+    ({"total_batch_size": 64, "parallelism": "fsdp", "dtype": "fp16"}, "fp16"),
+])
+def test_what_the_launch_cannot_do_is_refused_before_a_process_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      settings: dict, fragment: str) -> None:
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():  # as torchrun sets them
+        monkeypatch.setenv(name, value)
+    config = TrainConfig(**{**TINY, **settings}, dataset="nothing-here", checkpoint_dir=str(tmp_path / "run"))
+    with pytest.raises(NanoGPTError, match=fragment):
+        train(config)
+    assert not dist.is_initialized() and not (tmp_path / "run").exists()
+
+
+def test_a_refusal_under_torchrun_is_one_line_from_rank_0(tmp_path: Path) -> None:
+    """The dataset is missing, found out by every rank after the process group is joined."""
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "compile"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "nano_gpt", "train", *args, "--no-compile", "--total-batch-size=64",
+                             "--dataset=nothing-here", f"--dataset-dir={tmp_path / 'data'}",
+                             f"--checkpoint-dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "nano-gpt prepare_dataset" in errors[0] and "rank 1" not in errors[0], result.stderr
+    assert f"traceback : {errors[0]}" in result.stderr  # torchrun's summary shows the line, not a link to its docs
