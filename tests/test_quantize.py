@@ -54,6 +54,9 @@ def test_bf16_decode_gives_the_greedy_tokens_of_the_uncached_path_and_int8_those
     assert bf16.transformer.wte.weight.dtype == torch.bfloat16 and not bf16.training
     cached = generate(bf16, prompt, 24, greedy=True, eos_token=None, vocab_size=512)
     assert cached == generate(bf16, prompt, 24, greedy=True, eos_token=None, vocab_size=512, use_cache=False)
+    int8_bf16 = for_inference(copy.deepcopy(model), torch.bfloat16, quantize="int8")  # as `sample` runs it on a CPU
+    assert int8_bf16.lm_head.scales.dtype == int8_bf16.new_kv_caches(1, 8)[0].k.dtype == torch.bfloat16
+    assert len(generate(int8_bf16, prompt, 8, greedy=True, eos_token=None, vocab_size=512)[0]) == 16
     int8 = for_inference(copy.deepcopy(model), torch.float32, quantize="int8")
     assert generate(int8, prompt, 24, greedy=True, eos_token=None, vocab_size=512) == \
         generate(model, prompt, 24, greedy=True, eos_token=None, vocab_size=512)
