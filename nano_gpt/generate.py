@@ -40,6 +40,7 @@ def for_inference(model: GPT, dtype: torch.dtype | str = "auto", quantize: str =
         from nano_gpt.quantize import quantize_int8
 
         quantize_int8(model)  # from the weights as they are: quantizing fp32 rather than bf16 rounds once
+        logger.info("weights quantized to int8, one scale per output channel; activations in %s", dtype)
     return model.to(dtype)
 
 
