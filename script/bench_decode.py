@@ -7,6 +7,8 @@ the bytes one step must read (every weight matrix once, plus the KV cache writte
 the bandwidth of a large tensor copy measured in the same run (bytes read plus written), as nanochat's inference
 benchmark reports it. A step's time is that of N new tokens less that of 1, over N - 1: the prompt's prefill
 cancels out. With --profile, a short torch.profiler table of one configuration says where a step's time goes.
+Where llama-cpp-python is installed, llama.cpp decodes the same weights (exported as GGUF bf16 and q8_0) beside
+ours at batch 1.
 
     python script/bench_decode.py                                     # batch 1, 5, 32 x fp32, bf16, int8
     python script/bench_decode.py --batch-sizes=1 --precisions=bf16,int8 --profile
@@ -20,6 +22,7 @@ import argparse
 import copy
 import gc
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +78,26 @@ def profile(model: GPT, prompt: torch.Tensor, new_tokens: int, rows: int = 10) -
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def llama_cpp_tokens_per_s(model: GPT, gguf_type: str, new_tokens: int) -> float | None:
+    """llama.cpp's batch-1 decode of the same weights (exported as GGUF), as llama-bench's tg test times it: one
+    token per call after a prompt; None without llama-cpp-python."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    from nano_gpt.gguf_export import export_gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_gguf(model, Path(tmp) / "model.gguf", gguf_type)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=PROMPT_TOKENS + new_tokens + 8,
+                              n_threads=torch.get_num_threads(), verbose=False)
+        llm.eval(list(range(1000, 1000 + PROMPT_TOKENS)))
+        start = time.perf_counter()
+        for i in range(new_tokens):
+            llm.eval([2000 + i])
+        return new_tokens / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="1,5,32")
@@ -96,6 +119,12 @@ def main() -> None:
     torch.manual_seed(0)
     base = GPT(PRESETS["gpt2"]).eval()
     results: dict[tuple[str, int], float] = {}
+    theirs = {t: llama_cpp_tokens_per_s(base, t, args.new_tokens) for t in ("bf16", "q8_0")}
+    if theirs["bf16"] is None:
+        print(f"llama.cpp: llama-cpp-python is not installed; its bf16 figure is --llama-cpp-bf16={args.llama_cpp_bf16}")
+    else:
+        print(f"llama.cpp, same weights, batch 1: bf16 {theirs['bf16']:.1f} tok/s, q8_0 {theirs['q8_0']:.1f} tok/s")
+        args.llama_cpp_bf16 = theirs["bf16"]
     print(f"{'precision':>9} {'batch':>5} {'tok/s':>8} {'ms/step':>8} {'MB/step':>8} {'MBU':>6}")
     for name in precisions:
         dtype, quantize = PRECISIONS[name]

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,9 @@ def test_bf16_decode_gives_the_greedy_tokens_of_the_uncached_path_and_int8_those
     assert bf16.transformer.wte.weight.dtype == torch.bfloat16 and not bf16.training
     cached = generate(bf16, prompt, 24, greedy=True, eos_token=None, vocab_size=512)
     assert cached == generate(bf16, prompt, 24, greedy=True, eos_token=None, vocab_size=512, use_cache=False)
+    int8_bf16 = for_inference(copy.deepcopy(model), torch.bfloat16, quantize="int8")  # as `sample` runs it on a CPU
+    assert int8_bf16.lm_head.scales.dtype == int8_bf16.new_kv_caches(1, 8)[0].k.dtype == torch.bfloat16
+    assert len(generate(int8_bf16, prompt, 8, greedy=True, eos_token=None, vocab_size=512)[0]) == 16
     int8 = for_inference(copy.deepcopy(model), torch.float32, quantize="int8")
     assert generate(int8, prompt, 24, greedy=True, eos_token=None, vocab_size=512) == \
         generate(model, prompt, 24, greedy=True, eos_token=None, vocab_size=512)
@@ -85,3 +89,25 @@ def test_int8_changes_the_validation_loss_by_under_one_percent(tmp_path: Path, t
         losses[quantize] = json.loads(result.stdout)["val_loss"]
     assert losses["int8"] != losses["none"]  # the weights did change
     assert abs(losses["int8"] - losses["none"]) <= 0.01 * losses["none"]
+
+
+def test_the_server_decodes_int8_weights_as_generate_does(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    from nano_gpt.checkpoint import read_checkpoint
+    from nano_gpt.serve.batcher import Batcher, Event, Job, Sampling
+
+    loaded = read_checkpoint(str(tiny_hf_gpt2_vocab_dir))
+    model, tokenizer = for_inference(loaded.model, torch.bfloat16, "int8"), loaded.tokenizer()  # as `serve` prepares it
+    ids = tokenizer.encode_ordinary(PROMPT)
+    batcher = Batcher(model, tokenizer, max_batch_size=2)
+    events: list[Event] = []
+    batcher.submit([Job(ids, 1, 6, Sampling(temperature=0), events.append)])
+    batcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (events and events[-1].done):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        batcher.stop()
+    [row] = generate(model, torch.tensor([ids]), 6, greedy=True, vocab_size=tokenizer.n_vocab)
+    assert "".join(e.deltas[0].text for e in events if e.deltas) == tokenizer.decode(row[len(ids):])
