@@ -103,10 +103,10 @@ class _WandB:
     def __init__(self, start: RunStart, saved: dict[str, Any]) -> None:
         import wandb
 
-        try:  # a new run takes the id W&B gives it
+        try:  # a new run takes the id W&B gives it; a resumed one has its config already
             self.run = wandb.init(project=saved.get("project", start.project), name=saved.get("name", start.name),
                                   id=saved.get("id"), resume="allow", dir=str(start.checkpoint_dir),
-                                  config=start.hparams)
+                                  config=None if saved else start.hparams)
         except wandb.errors.UsageError as e:
             raise NanoGPTError(f"--report-to=wandb: {e} Run `wandb login` (or set WANDB_API_KEY), or set "
                                "WANDB_MODE=offline to log locally and `wandb sync` later") from e
@@ -130,17 +130,18 @@ class _WandB:
 
 
 class _Trackio:
-    """A Trackio run, local unless TRACKIO_SPACE_ID says otherwise, resumed by name. Its store keeps every row
-    it is sent, so on resume steps up to the last one it holds are not sent again."""
+    """A Trackio run, local unless TRACKIO_SPACE_ID says otherwise. A new run is a new Trackio run even where
+    one of the same name exists (an --overwrite); a resumed one is reopened by name (its newest run of that name).
+    Its store keeps every row it is sent, so on resume the steps it already holds are not sent again."""
 
     def __init__(self, start: RunStart, saved: dict[str, Any]) -> None:
         import trackio
 
-        project, name = saved.get("project", start.project), saved.get("name", start.name)
-        last = trackio.SQLiteStorage.get_max_step_for_run(project, name) if start.first_step > 0 else None
+        self.run = trackio.init(project=saved.get("project", start.project), name=saved.get("name", start.name),
+                                config=None if saved else start.hparams, resume="allow" if saved else "never",
+                                embed=False, auto_log_cpu=False, auto_log_gpu=False)
+        last = trackio.SQLiteStorage.get_max_step_for_run(self.run.project, run_id=self.run.id) if saved else None
         self.skip_through = -1 if last is None else last
-        self.run = trackio.init(project=project, name=name, config=start.hparams, resume="allow", embed=False,
-                                auto_log_cpu=False, auto_log_gpu=False)
         self.table = trackio.Table
 
     def identity(self) -> dict[str, Any]:

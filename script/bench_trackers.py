@@ -1,6 +1,6 @@
 """What `train --report-to` costs a training step: the same short run with and without trackers.
 
-    python script/bench_trackers.py                       # TinyShakespeare, gpt2-xxs, 8 x 256 tokens a step
+    python script/bench_trackers.py                       # TinyShakespeare, gpt2-xxs, 4 x 128 tokens a step
     python script/bench_trackers.py --steps=40 --rounds=3 --trackers=tensorboard
 
 Runs alternate (none, trackers, none, trackers, ...) so a machine whose load drifts affects both alike, and
@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--trackers", default="tensorboard,wandb,trackio")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--text", help="a TinyShakespeare input.txt instead of the download")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
@@ -47,8 +49,9 @@ def main() -> None:
         for report_to in times:
             run_dir = root / f"{report_to.replace(',', '_')}_{round_}"
             config = TrainConfig(model="gpt2-xxs", dataset="tinyshakespeare", dataset_dir=str(root / "data"),
-                                 device="cpu", dtype="float32", compile=False, sequence_length=256,
-                                 micro_batch_size=8, total_batch_size=2048, max_steps=args.steps, warmup_steps=2,
+                                 device="cpu", dtype="float32", compile=False,
+                                 sequence_length=args.sequence_length, micro_batch_size=args.micro_batch_size,
+                                 total_batch_size=args.sequence_length * args.micro_batch_size, max_steps=args.steps, warmup_steps=2,
                                  eval_steps=10**6, validation_steps=0, hellaswag_samples=0,
                                  checkpoint_steps=10**6, checkpoint_dir=str(run_dir),
                                  report_to=None if report_to == "none" else report_to)
