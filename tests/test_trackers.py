@@ -226,5 +226,6 @@ def test_report_to_takes_comma_separated_known_names() -> None:
 def test_plot_still_reads_a_log_with_sample_and_trackers_records(resumed_run: Path) -> None:
     from nano_gpt.runlog import read_log, summarize
 
+    assert [r["kind"] for r in _log(resumed_run)][:2] == ["config", "trackers"]  # a log still begins as a run's log
     log = read_log(resumed_run / "train_log.jsonl")
     assert summarize(log).last_step == 5 and [r["step"] for r in log.records["val"]] == [0, 5]

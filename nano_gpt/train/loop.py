@@ -153,12 +153,12 @@ class _Trainer:
             self.state.step + 1, run_info), self.state.trackers, is_main=runtime.is_main)
         if self.log is not None:
             self.log.start()  # only now is the log (re)written: everything that could fail has passed
-        self._follow(self.trackers)
         self.flops_per_step = flops_per_token(model.config, n_params, config.sequence_length) * config.total_batch_size
         self.peak = peak_flops(runtime.device)
         self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                  transient=True, disable=not (runtime.is_main and sys.stderr.isatty()))
-        self._announce(model, recipe, run_info, checkpoint is None)
+        self._announce(model, recipe, run_info, checkpoint is None)  # a new log begins with its "config" record
+        self._follow(self.trackers)
 
     def _follow(self, trackers: Trackers | None) -> None:
         """From here on the trackers see every log record; their runs are named in the log and in each checkpoint
