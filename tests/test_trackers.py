@@ -221,6 +221,7 @@ def test_report_to_takes_comma_separated_known_names() -> None:
     assert parse_report_to(None) == parse_report_to("none") == ()
     with pytest.raises(NanoGPTError, match="unknown tracker 'mlflow'"):
         parse_report_to("tensorboard,mlflow")
+    assert_one_line_error(run_cli_here("train", "--report-to=mlflow"), "unknown tracker 'mlflow'", "tensorboard")
 
 
 def test_plot_still_reads_a_log_with_sample_and_trackers_records(resumed_run: Path) -> None:
