@@ -105,13 +105,17 @@ class _WandB:
     def __init__(self, start: RunStart, saved: dict[str, Any]) -> None:
         import wandb
 
+        # Checked here, where it is one line: online without a key, wandb.init would prompt at a terminal.
+        if wandb.setup().settings.mode not in ("offline", "dryrun", "disabled") and not wandb.login(
+                prompt=False, verify=False):
+            raise NanoGPTError("--report-to=wandb: not logged in to W&B; run `wandb login` (or set WANDB_API_KEY), "
+                               "or set WANDB_MODE=offline to log locally and `wandb sync` later")
         try:  # a new run takes the id W&B gives it; a resumed one has its config already
             self.run = wandb.init(project=saved.get("project", start.project), name=saved.get("name", start.name),
                                   id=saved.get("id"), resume="allow", dir=str(start.checkpoint_dir),
                                   config=None if saved else start.hparams)
-        except wandb.errors.UsageError as e:
-            raise NanoGPTError(f"--report-to=wandb: {e} Run `wandb login` (or set WANDB_API_KEY), or set "
-                               "WANDB_MODE=offline to log locally and `wandb sync` later") from e
+        except wandb.errors.UsageError as e:  # a setting W&B refuses: the user's to fix
+            raise NanoGPTError(f"--report-to=wandb: {e}") from e
         self.skip_below = self.run.step  # the next step W&B takes (0 offline, where it cannot know)
         self.table = wandb.Table
 
