@@ -3,7 +3,8 @@
 `train --report-to` names them. Each is imported only when asked for and started before step 0, so a missing
 package or login is one error line then. Records reach them from a background thread: a slow tracker never holds
 up a step, and one that raises is dropped with one warning while training goes on. A resumed run continues the
-same tracker run (its identity is kept in the checkpoint and the log) and no step reaches a tracker twice.
+same tracker run (its identity is kept in the checkpoint and the log), and each tracker shows every step once
+(how, and where W&B offline cannot, is said at each tracker's class).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        self.logdir = saved.get("logdir") or str(start.checkpoint_dir / "tensorboard")
+        self.logdir = str(start.checkpoint_dir / "tensorboard")  # the run's folder, wherever it is resumed from
         self.writer = SummaryWriter(self.logdir, purge_step=start.first_step, flush_secs=10)
         if start.first_step == 0:
             # The HPARAMS tab: settings and model shape, so runs can be compared by them.
@@ -97,19 +98,24 @@ class _TensorBoard:
 
 
 class _WandB:
-    """A W&B run with a fixed id, resumed with resume="allow". W&B keeps a step's first values and drops those
-    logged below its current step, so on resume the steps it already holds are not sent again."""
+    """A W&B run, reopened by its id with resume="allow". Online, W&B keeps a step's first values and drops those
+    logged below its current step, so on resume the steps it already holds are not sent again. Offline it cannot
+    know: each resume writes a new offline folder for the same id, and syncing them in order keeps the first."""
 
     def __init__(self, start: RunStart, saved: dict[str, Any]) -> None:
         import wandb
 
-        try:  # a new run takes the id W&B gives it
+        # Checked here, where it is one line: online without a key, wandb.init would prompt at a terminal.
+        if wandb.setup().settings.mode not in ("offline", "dryrun", "disabled") and not wandb.login(
+                prompt=False, verify=False):
+            raise NanoGPTError("--report-to=wandb: not logged in to W&B; run `wandb login` (or set WANDB_API_KEY), "
+                               "or set WANDB_MODE=offline to log locally and `wandb sync` later")
+        try:  # a new run takes the id W&B gives it; a resumed one has its config already
             self.run = wandb.init(project=saved.get("project", start.project), name=saved.get("name", start.name),
                                   id=saved.get("id"), resume="allow", dir=str(start.checkpoint_dir),
-                                  config=start.hparams)
-        except wandb.errors.UsageError as e:
-            raise NanoGPTError(f"--report-to=wandb: {e} Run `wandb login` (or set WANDB_API_KEY), or set "
-                               "WANDB_MODE=offline to log locally and `wandb sync` later") from e
+                                  config=None if saved else start.hparams)
+        except wandb.errors.UsageError as e:  # a setting W&B refuses: the user's to fix
+            raise NanoGPTError(f"--report-to=wandb: {e}") from e
         self.skip_below = self.run.step  # the next step W&B takes (0 offline, where it cannot know)
         self.table = wandb.Table
 
@@ -130,17 +136,18 @@ class _WandB:
 
 
 class _Trackio:
-    """A Trackio run, local unless TRACKIO_SPACE_ID says otherwise, resumed by name. Its store keeps every row
-    it is sent, so on resume steps up to the last one it holds are not sent again."""
+    """A Trackio run, local unless TRACKIO_SPACE_ID says otherwise. A new run is a new Trackio run even where
+    one of the same name exists (an --overwrite); a resumed one is reopened by name (its newest run of that name).
+    Its store keeps every row it is sent, so on resume the steps it already holds are not sent again."""
 
     def __init__(self, start: RunStart, saved: dict[str, Any]) -> None:
         import trackio
 
-        project, name = saved.get("project", start.project), saved.get("name", start.name)
-        last = trackio.SQLiteStorage.get_max_step_for_run(project, name) if start.first_step > 0 else None
+        self.run = trackio.init(project=saved.get("project", start.project), name=saved.get("name", start.name),
+                                config=None if saved else start.hparams, resume="allow" if saved else "never",
+                                embed=False, auto_log_cpu=False, auto_log_gpu=False)
+        last = trackio.SQLiteStorage.get_max_step_for_run(self.run.project, run_id=self.run.id) if saved else None
         self.skip_through = -1 if last is None else last
-        self.run = trackio.init(project=project, name=name, config=start.hparams, resume="allow", embed=False,
-                                auto_log_cpu=False, auto_log_gpu=False)
         self.table = trackio.Table
 
     def identity(self) -> dict[str, Any]:
@@ -180,6 +187,7 @@ class Trackers:
         self._queue.put(record)
 
     def _drain(self) -> None:
+        """Deliver records until `close`, then close each tracker (W&B and Trackio flush their own queues)."""
         while (record := self._queue.get()) is not None:
             for name, tracker in list(self.opened.items()):
                 try:
@@ -188,19 +196,19 @@ class Trackers:
                     logger.warning("%s failed at step %d (%s: %s); training goes on without it", name,
                                    record["step"], type(e).__name__, e)
                     del self.opened[name]
-
-    def close(self, timeout: float = 120.0) -> None:
-        """Deliver what is queued, then close each tracker (W&B and Trackio flush their own queues)."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            logger.warning("trackers still busy after %.0f s; closing without their last records", timeout)
-            return
         for name, tracker in self.opened.items():
             try:
                 tracker.close()
             except Exception as e:  # noqa: BLE001 - the run has finished; its checkpoint and log are safe
                 logger.warning("%s failed while closing (%s: %s)", name, type(e).__name__, e)
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Deliver what is queued and close the trackers, waiting at most `timeout` seconds (a tracker whose
+        network is gone may retry for far longer; the checkpoint and log are written by then)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("trackers still busy after %.0f s; leaving without their last records", timeout)
 
 
 def _import(name: str) -> None:

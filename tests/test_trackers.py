@@ -5,8 +5,11 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,22 +63,52 @@ def resumed_run(tinyshakespeare_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def test_tensorboard_holds_the_logs_scalars_each_step_once_across_a_resume(resumed_run: Path) -> None:
-    # The reader TensorBoard's own server uses: it drops what a resumed run's purge_step supersedes.
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
     from tensorboard.util.tensor_util import make_ndarray
 
-    events = EventAccumulator(str(resumed_run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
     records = _log(resumed_run)
     for kind, field in (("train", "loss"), ("train", "lr"), ("train", "norm"), ("train", "tokens"),
                         ("train", "tok_per_sec"), ("val", "val_loss")):
-        stored = events.Tensors(f"{kind}/{field}")
-        assert [e.step for e in stored] == sorted(_logged(records, kind, field)), (kind, field)
-        assert [make_ndarray(e.tensor_proto).item() for e in stored] == pytest.approx(
-            list(_logged(records, kind, field).values()), rel=1e-6)
-    samples = events.Tensors("samples/text_summary")  # the first run's step-4 evaluation superseded
-    assert [e.step for e in samples] == [0, 5]
+        assert _tensorboard_scalars(resumed_run / "tensorboard", f"{kind}/{field}") == pytest.approx(
+            _logged(records, kind, field), rel=1e-6), (kind, field)
+    samples = EventAccumulator(str(resumed_run / "tensorboard"), size_guidance={"tensors": 0}).Reload().Tensors(
+        "samples/text_summary")
+    assert [e.step for e in samples] == [0, 5]  # the first run's step-4 evaluation superseded
     assert make_ndarray(samples[-1].tensor_proto).item().decode().strip().startswith(
         [r for r in records if r["kind"] == "sample"][-1]["texts"][0][:20])
+
+
+def _tensorboard_scalars(folder: Path, tag: str) -> dict[int, float]:
+    """{step: value} as TensorBoard's own server reads the run: what a resumed run's purge_step supersedes dropped."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload().Tensors(tag)
+    steps = [e.step for e in events]
+    assert len(steps) == len(set(steps)), f"a step shown twice: {steps}"
+    return {e.step: make_ndarray(e.tensor_proto).item() for e in events}
+
+
+def test_a_sigkilled_run_resumed_shows_each_step_once_in_tensorboard(tinyshakespeare_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="pip install 'nano-gpt[tensorboard]'")
+    settings = {**TINY, "max_steps": 1000, "checkpoint_steps": 3, "report_to": "tensorboard"}
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if k != "compile"]
+    proc = subprocess.Popen([sys.executable, "-m", "nano_gpt", "train", *args, "--no-compile",
+                             f"--dataset-dir={tinyshakespeare_dir}", f"--checkpoint-dir={tmp_path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = tmp_path / "train_log.jsonl", time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            log.exists() and '"kind": "train", "step": 4' in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = max(r["step"] for r in _log(tmp_path) if r["kind"] == "train")
+    train(_config(tinyshakespeare_dir, tmp_path, **{**settings, "resume": "auto", "stop_at_step": killed_at + 1}))
+    losses = _logged(_log(tmp_path), "train", "loss")
+    assert sorted(losses) == list(range(killed_at + 2))
+    assert _tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == pytest.approx(losses, rel=1e-6)
 
 
 def test_wandb_offline_run_is_continued_under_its_id_from_the_checkpoint(resumed_run: Path) -> None:
@@ -188,10 +221,12 @@ def test_report_to_takes_comma_separated_known_names() -> None:
     assert parse_report_to(None) == parse_report_to("none") == ()
     with pytest.raises(NanoGPTError, match="unknown tracker 'mlflow'"):
         parse_report_to("tensorboard,mlflow")
+    assert_one_line_error(run_cli_here("train", "--report-to=mlflow"), "unknown tracker 'mlflow'", "tensorboard")
 
 
 def test_plot_still_reads_a_log_with_sample_and_trackers_records(resumed_run: Path) -> None:
     from nano_gpt.runlog import read_log, summarize
 
+    assert [r["kind"] for r in _log(resumed_run)][:2] == ["config", "trackers"]  # a log still begins as a run's log
     log = read_log(resumed_run / "train_log.jsonl")
     assert summarize(log).last_step == 5 and [r["step"] for r in log.records["val"]] == [0, 5]

@@ -102,8 +102,8 @@ class TrainConfig:
     stop_at_step: int | None = _option(None, "Stop with a checkpoint after this step, keeping the --max-steps "
                                              "schedule (resume later).")
     report_to: str | None = _option(None, f"Also send the log's records to experiment trackers: {', '.join(TRACKERS)} "
-                                          "(comma-separated; each an optional extra, e.g. pip install "
-                                          "\"nano-gpt[tensorboard]\"). Only rank 0 reports.")
+                                          "(comma-separated; each is an optional extra of the same name, see "
+                                          "docs/training.md). Only rank 0 reports.")
     run_name: str | None = _option(None, "The run's name in the trackers (default: the --checkpoint-dir folder's name).")
     project: str = _option(DEFAULT_PROJECT, "The W&B or Trackio project the run goes to.")
 
