@@ -16,8 +16,8 @@ A checkpoint is a plain dict of tensors and Python primitives (no pickled object
     metrics       the latest {"tokens", "train_loss", "val_loss", "hellaswag_acc", "hellaswag_acc_norm"}
 
 Under FSDP the same dict is saved as a sharded folder (`nano_gpt.checkpoint.sharded`), with `model` and
-`optimizer` as each rank's shards (FSDP runs train with AdamW alone) and the optimizer's state keyed by parameter name instead of by index
-(`torch.distributed.checkpoint.state_dict`). Resuming from a folder reads them straight into the resuming
+`optimizer` as each rank's shards (FSDP runs train with AdamW alone) and the optimizer's state keyed by
+parameter name instead of by index (`torch.distributed.checkpoint.state_dict`). Resuming from a folder reads them straight into the resuming
 run's own layout, whatever number of ranks wrote them and whether it shards or not.
 
 Reading and checking a checkpoint is `nano_gpt.checkpoint.read_checkpoint`'s job (`train_state=True`);
