@@ -203,3 +203,10 @@ def test_resuming_with_another_optimizer_is_refused(muon_run: tuple, tmp_path: P
     result = run_cli_here(*_cli_args(dataclasses.replace(config, checkpoint_dir=str(tmp_path), optimizer="adamw",
                                                          resume=str(checkpoint))))
     assert_one_line_error(result, "was trained with --optimizer=muon", "--pretrained")
+
+
+def test_a_muon_checkpoint_fine_tunes_with_adamw_from_where_it_stopped(muon_run: tuple, tmp_path: Path) -> None:
+    config, losses, checkpoint = muon_run
+    tuned = train(dataclasses.replace(config, checkpoint_dir=str(tmp_path), pretrained=str(checkpoint),
+                                      optimizer="adamw", lr_schedule="cosine", max_steps=2, warmup_steps=1))
+    assert tuned.losses[0] < losses[0] - 0.3  # the trained weights, not a fresh init
