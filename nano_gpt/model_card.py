@@ -296,7 +296,22 @@ def _training_section(facts: CardFacts, dataset: str | None) -> str:
     if facts.step is not None:
         total = _int(train.get("max_steps"))
         training.append(("Optimizer steps", f"{facts.step + 1:,}" + (f" of {total:,} scheduled" if total else "")))
+    if train:
+        training.extend(_recipe(train))
     return "## Training\n\n" + _table(training) if training else ""
+
+
+def _recipe(train: dict[str, Any]) -> list[tuple[str, str]]:
+    """The optimizer and schedule rows; runs from before --optimizer and --lr-schedule trained with AdamW + cosine."""
+    optimizer = train.get("optimizer", "adamw")
+    schedule = train.get("lr_schedule", "cosine")
+    decay = _float(train.get("decay_fraction"))
+    optimizers = {"adamw": "AdamW", "muon": "Muon on the attention and MLP matrices, AdamW on the rest"}
+    schedules = {"cosine": "warmup, then cosine decay",
+                 "wsd": "warmup-stable-decay: warmup, constant, then a linear decay"
+                        + (f" over the last {decay:.0%} of the steps" if decay is not None else "")}
+    return [("Optimizer", optimizers.get(optimizer, f"`{optimizer}`")),
+            ("Learning-rate schedule", schedules.get(schedule, f"`{schedule}`"))]
 
 
 def _results_section(facts: CardFacts, plot_file: str | None) -> str:

@@ -30,7 +30,8 @@ LOG_FILE = "train_log.jsonl"  # a run's log, in its --checkpoint-dir unless --lo
 # A checkpoint or log whose settings differ in one of them belongs to another run: resuming with such a
 # change is warned about, and the model card does not take such a log for its checkpoint's.
 RUN_DEFINING = ("model", "pretrained", "dataset", "sequence_length", "micro_batch_size", "total_batch_size",
-                "max_steps", "warmup_steps", "max_lr", "min_lr_ratio", "weight_decay", "seed", "shuffle")
+                "max_steps", "warmup_steps", "max_lr", "min_lr_ratio", "weight_decay", "seed", "shuffle", "optimizer",
+                "lr_schedule", "decay_fraction", "muon_lr", "muon_momentum", "muon_weight_decay")
 
 
 def differing_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

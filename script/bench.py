@@ -141,13 +141,13 @@ def _our_trainer(runtime: Runtime, lr: float, use_compile: bool, plain_loss: boo
     """One call = one real training step (`train_step`: autocast, scaler, clipping) of a fresh model."""
     torch.manual_seed(0)
     raw = GPT(GPTConfig(**TRAIN_SHAPE)).to(runtime.device)
-    opt = make_optimizer(raw, lr, 0.1, fused=runtime.has_fused_adamw)
+    opt = make_optimizer(raw.parameters(), lr, 0.1, fused=runtime.has_fused_adamw)
     model = PlainLoss(raw) if plain_loss else raw
     model = torch.compile(model) if use_compile else model
     scaler = runtime.grad_scaler()
 
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-        return train_step(model, opt, scaler, lambda: batch, runtime, grad_accum=1, grad_clip=1.0).loss
+        return train_step(model, [opt], scaler, lambda: batch, runtime, grad_accum=1, grad_clip=1.0).loss
 
     return step
 

@@ -219,7 +219,7 @@ def _step(runtime: Runtime, scaler: torch.amp.GradScaler) -> tuple[nn.Module, ob
     """One step of `_Exploding` with two micro-batches."""
     model = _Exploding()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    result = train_step(model, optimizer, scaler, lambda: (torch.ones(4), torch.ones(4)), runtime, grad_accum=2,
+    result = train_step(model, [optimizer], scaler, lambda: (torch.ones(4), torch.ones(4)), runtime, grad_accum=2,
                         grad_clip=1.0)
     return model, result
 
@@ -229,7 +229,7 @@ def test_a_non_finite_gradient_norm_stops_before_the_weights_change() -> None:
     model = _Exploding()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteError, match="the gradient norm is (inf|nan)"):
-        train_step(model, optimizer, runtime.grad_scaler(), lambda: (torch.ones(4), torch.ones(4)), runtime, 2, 1.0)
+        train_step(model, [optimizer], runtime.grad_scaler(), lambda: (torch.ones(4), torch.ones(4)), runtime, 2, 1.0)
     assert torch.equal(model.weight.detach(), torch.ones(4))
 
 

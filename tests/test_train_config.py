@@ -8,7 +8,7 @@ from nano_gpt import GPT, PRESETS, GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.train import RECIPES, TrainConfig
 from nano_gpt.train.metrics import flops_per_token, step_line
-from nano_gpt.train.optim import learning_rate, make_optimizer
+from nano_gpt.train.optim import make_optimizer
 
 
 def test_every_model_resolves_to_a_schedule_it_can_run() -> None:
@@ -42,20 +42,6 @@ def test_flags_win_over_the_recipe_and_the_rest_comes_from_it() -> None:
     assert (other.total_batch_size, other.max_lr) != (recipe.total_batch_size, recipe.max_lr)  # each model its own
 
 
-def test_learning_rate_warms_up_linearly_then_decays_by_cosine() -> None:
-    kw = dict(max_lr=6e-4, min_lr=6e-5, warmup_steps=715, max_steps=19_073)
-    assert learning_rate(0, **kw) == pytest.approx(6e-4 / 715)
-    assert learning_rate(357, **kw) == pytest.approx(6e-4 * 358 / 715)
-    assert learning_rate(714, **kw) == pytest.approx(6e-4)
-    assert learning_rate(715, **kw) == pytest.approx(6e-4)
-    midpoint = 715 + (19_073 - 715) // 2
-    assert learning_rate(midpoint, **kw) == pytest.approx((6e-4 + 6e-5) / 2, rel=1e-3)
-    assert learning_rate(19_073, **kw) == pytest.approx(6e-5)
-    assert learning_rate(30_000, **kw) == pytest.approx(6e-5)
-    lrs = [learning_rate(s, **kw) for s in range(715, 19_073, 100)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
-
-
 def test_gradient_accumulation_fills_the_total_batch() -> None:
     c = TrainConfig(total_batch_size=524_288, micro_batch_size=16, sequence_length=1024).resolved()
     assert c.grad_accum_steps(world_size=1) == 32
@@ -81,7 +67,7 @@ def test_bad_settings_are_user_errors(field: str, value: object, match: str) -> 
 
 def test_weight_decay_applies_to_matrices_only() -> None:
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=64, block_size=8))
-    decayed, plain = make_optimizer(model, 1e-3, 0.1).param_groups
+    decayed, plain = make_optimizer(model.parameters(), 1e-3, 0.1).param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))

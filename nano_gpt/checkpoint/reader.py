@@ -35,6 +35,7 @@ HF_FOLDER = "Hugging Face folder"
 # What resuming needs besides the model, and of which kind: `TrainState.load_state_dict` takes these.
 TRAIN_STATE: dict[str, type] = {"step": int, "optimizer": dict, "scaler": dict, "loader": dict, "rng": dict,
                                 "train_config": dict}
+OPTIONAL_TRAIN_STATE = ("muon",)  # optimizer states only some runs have (--optimizer=muon)
 _FACTS = ("step", "model_config", "train_config", "run", "metrics")  # the small entries of our checkpoints
 _ON_DISK = ("model", "optimizer")  # of a sharded folder, read only once the resuming run's layout exists
 
@@ -200,11 +201,14 @@ def _train_state(state: dict[str, Any], source: Path) -> dict[str, Any]:
             raise bad(f"{key!r} is a {type(value).__name__}, not a {kind.__name__}")
     if state["step"] < 0:
         raise bad(f"step is {state['step']}")
-    model, optimizer = state["model"], state["optimizer"]
+    model = state["model"]
     if isinstance(model, dict) and not all(isinstance(t, torch.Tensor) for t in model.values()):
         raise bad("'model' holds something other than tensors")
-    if isinstance(optimizer, dict) and not {"state", "param_groups"} <= optimizer.keys():
-        raise bad("'optimizer' is not an optimizer state (no state or param_groups)")
+    optimizers = ("optimizer", *(k for k in OPTIONAL_TRAIN_STATE if k in state))
+    for key in optimizers:
+        value = state[key]
+        if not isinstance(value, OnDisk) and not (isinstance(value, dict) and {"state", "param_groups"} <= value.keys()):
+            raise bad(f"{key!r} is not an optimizer state (no state or param_groups)")
     loader = state["loader"]
     if not all(isinstance(loader.get(k), int) and loader[k] >= 0 for k in ("epoch", "position")):
         raise bad("'loader' needs non-negative integers epoch and position")
@@ -216,7 +220,8 @@ def _train_state(state: dict[str, Any], source: Path) -> dict[str, Any]:
     except (TypeError, ValueError) as e:
         raise bad(f"'model_config' is not a GPT config ({e})") from e
     metrics, trackers = state.get("metrics"), state.get("trackers")
-    return {key: state[key] for key in (*TRAIN_STATE, *(k for k in _ON_DISK if isinstance(state[k], OnDisk)))} | {
+    kept = (*TRAIN_STATE, *optimizers[1:], *(k for k in _ON_DISK if isinstance(state.get(k), OnDisk)))
+    return {key: state[key] for key in kept} | {
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if isinstance(metrics, dict) else {},
         # The experiment-tracker runs to continue; older checkpoints have none.
         "trackers": {k: v for k, v in trackers.items() if isinstance(v, dict)} if isinstance(trackers, dict) else {}}

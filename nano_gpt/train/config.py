@@ -38,6 +38,13 @@ RECIPES: dict[str, PresetRecipe] = {
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 
+OPTIMIZERS = ("adamw", "muon")  # --optimizer (see `nano_gpt.train.optim`)
+LR_SCHEDULES = ("cosine", "wsd")  # --lr-schedule
+MUON_TORCH = "2.9"  # the first torch with torch.optim.Muon
+# Muon's default peak lr over AdamW's. With the update's RMS matched to AdamW's (0.2 x sqrt(max side), Moonshot's
+# "Muon is scalable"), Muon still takes a larger step than AdamW at its best: see docs/benchmarks.md.
+MUON_LR_RATIO = 4.0
+
 
 def recipe_for(model_config: GPTConfig) -> str:
     """The preset whose recipe suits a model of this shape: the preset with the same layers, heads and
@@ -82,8 +89,19 @@ class TrainConfig:
     max_steps: int | None = _option(None, "Optimizer steps; default from the recipe (19,073 for gpt2: 10B tokens).")
     warmup_steps: int | None = _option(None, "Linear warmup steps; default from the recipe (715 for gpt2).")
     max_lr: float | None = _option(None, "Peak learning rate; default from the recipe (6e-4 for gpt2).")
-    min_lr_ratio: float = _option(0.1, "The cosine decays to max-lr x this (0 to 1).")
+    min_lr_ratio: float = _option(0.1, "The schedule decays to max-lr x this (0 to 1).")
     weight_decay: float = _option(0.1, "AdamW weight decay on 2-D weights.")
+    optimizer: str = _option("adamw", "adamw (GPT-2's recipe) or muon: Muon (momentum orthogonalised by Newton-Schulz, "
+                                      f"torch >= {MUON_TORCH}) on the attention and MLP matrices, AdamW on "
+                                      "embeddings, biases and LayerNorm gains.")
+    lr_schedule: str = _option("cosine", "cosine: linear warmup, then cosine decay to max-lr x --min-lr-ratio. wsd: "
+                                         "linear warmup, constant, then a linear decay over the last "
+                                         "--decay-fraction of the steps.")
+    decay_fraction: float = _option(0.3, "With --lr-schedule=wsd: the share of --max-steps spent decaying (0 to 1].")
+    muon_lr: float | None = _option(None, "Muon's peak learning rate, on AdamW's scale (the update's RMS is matched "
+                                          f"to AdamW's); default --max-lr x {MUON_LR_RATIO:g}.")
+    muon_momentum: float = _option(0.95, "Muon's Nesterov momentum (0 to 1).")
+    muon_weight_decay: float | None = _option(None, "Muon's decoupled weight decay; default --weight-decay.")
     grad_clip: float = _option(1.0, "Clip the global gradient norm to this (positive).")
     seed: int = _option(1337, "Seed for the initial weights and the data order.")
     shuffle: bool = _option(True, "Shuffle shard and document order each epoch.", flag="--shuffle/--no-shuffle")
@@ -115,17 +133,29 @@ class TrainConfig:
             raise NanoGPTError(f"unknown --dtype={self.dtype}; choose {DTYPE_CHOICES}")
         if self.parallelism not in PARALLELISMS:
             raise NanoGPTError(f"unknown --parallelism={self.parallelism}; choose {', '.join(PARALLELISMS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise NanoGPTError(f"unknown --optimizer={self.optimizer}; choose {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise NanoGPTError(f"unknown --lr-schedule={self.lr_schedule}; choose {', '.join(LR_SCHEDULES)}")
+        if self.optimizer == "muon" and self.parallelism == "fsdp":
+            raise NanoGPTError("--optimizer=muon does not work with --parallelism=fsdp: Newton-Schulz orthogonalises "
+                               "whole matrices and FSDP gives each process a slice of them; use --parallelism=ddp")
         for name in ("sequence_length", "micro_batch_size", "total_batch_size", "max_steps", "eval_steps",
-                     "checkpoint_steps", "max_lr", "grad_clip"):
+                     "checkpoint_steps", "max_lr", "grad_clip", "muon_lr"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise NanoGPTError(f"--{_flag(name)}={value} must be a positive number")
-        for name in ("warmup_steps", "validation_steps", "hellaswag_samples", "weight_decay", "stop_at_step"):
+        for name in ("warmup_steps", "validation_steps", "hellaswag_samples", "weight_decay", "stop_at_step",
+                     "muon_weight_decay"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise NanoGPTError(f"--{_flag(name)}={value} must be zero or more")
         if not (math.isfinite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
             raise NanoGPTError(f"--min-lr-ratio={self.min_lr_ratio} must be between 0 and 1")
+        if not (math.isfinite(self.decay_fraction) and 0 < self.decay_fraction <= 1):
+            raise NanoGPTError(f"--decay-fraction={self.decay_fraction} must be more than 0 and at most 1")
+        if not (math.isfinite(self.muon_momentum) and 0 <= self.muon_momentum < 1):
+            raise NanoGPTError(f"--muon-momentum={self.muon_momentum} must be at least 0 and below 1")
         if not 0 <= self.seed <= MAX_SEED:
             raise NanoGPTError(f"--seed={self.seed} must be between 0 and 2**64 - 1")
         for f in dataclasses.fields(self):  # counts past int64 overflow the tensors they end up in
@@ -157,12 +187,15 @@ class TrainConfig:
         def fill(value: float | None, default: float) -> float:
             return default if value is None else value
 
+        max_lr = fill(self.max_lr, defaults.max_lr)
         filled = dataclasses.replace(
             self,
             total_batch_size=fill(self.total_batch_size, defaults.total_batch_size),
             max_steps=fill(self.max_steps, defaults.max_steps),
             warmup_steps=fill(self.warmup_steps, defaults.warmup_steps),
-            max_lr=fill(self.max_lr, defaults.max_lr),
+            max_lr=max_lr,
+            muon_lr=fill(self.muon_lr, MUON_LR_RATIO * max_lr),
+            muon_weight_decay=fill(self.muon_weight_decay, self.weight_decay),
             log_file=self.log_file or f"{self.checkpoint_dir}/{LOG_FILE}",
         )
         if filled.warmup_steps >= filled.max_steps:

@@ -32,7 +32,7 @@ from nano_gpt.train import rundir
 from nano_gpt.train.config import RECIPES, TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
-from nano_gpt.train.optim import learning_rate, make_optimizer
+from nano_gpt.train.optim import make_optimizers, require_optimizer, set_lr
 from nano_gpt.runlog import LogWriteError, RunLog, differing_settings
 from nano_gpt.train.state import TrainState
 from nano_gpt.train.step import NonFiniteError, train_step
@@ -90,6 +90,15 @@ def _initial_model(config: TrainConfig, checkpoint: Checkpoint | None) -> GPT:
     return GPT(GPTConfig.from_preset(config.model))
 
 
+def _check_same_optimizer(checkpoint: Checkpoint, config: TrainConfig) -> None:
+    """The optimizer state a checkpoint holds is its optimizer's: AdamW's moments cannot continue as Muon's
+    momentum (checkpoints from before --optimizer trained with AdamW)."""
+    saved = checkpoint.train_config.get("optimizer", "adamw")
+    if saved != config.optimizer:
+        raise NanoGPTError(f"checkpoint {checkpoint.source} was trained with --optimizer={saved}; resume it with "
+                           f"--optimizer={saved}, or fine-tune from it with --pretrained and --optimizer={config.optimizer}")
+
+
 def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
     changed = differing_settings(saved, config.to_dict())
     if changed:
@@ -106,6 +115,7 @@ def _check_context(config: TrainConfig, model_config: GPTConfig) -> None:
 def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
+    require_optimizer(config.optimizer)
     # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
     shape = GPTConfig.from_preset(config.model) if config.pretrained is None else read_checkpoint(
         config.pretrained, weights=False).config
@@ -117,6 +127,8 @@ def train(config: TrainConfig) -> TrainResult:
     run_dir = rundir.prepare(config)  # locks the run; deletes nothing yet
     try:
         checkpoint = _read_resume(config, run_dir.resume_file) if run_dir.resume_file is not None else None
+        if checkpoint is not None:
+            _check_same_optimizer(checkpoint, config)
         saved_model = checkpoint.train_config.get("model") if checkpoint is not None else None
         if config.pretrained is None and isinstance(saved_model, str) and saved_model in RECIPES \
                 and saved_model != config.model:
@@ -155,8 +167,8 @@ class _Trainer:
         self.use_compile = runtime.compiles_by_default if config.compile is None else config.compile
         # Before the optimizer: FSDP replaces the parameters by their shards.
         self.forward = parallelize(model, runtime, config.parallelism, self.use_compile, config.activation_checkpointing)
-        optimizer = make_optimizer(model, config.max_lr, config.weight_decay, fused=runtime.has_fused_adamw)
-        self.state = TrainState(model, optimizer, runtime.grad_scaler(), loader, runtime, config.to_dict())
+        optimizers = make_optimizers(model, config, fused=runtime.has_fused_adamw)
+        self.state = TrainState(model, optimizers, runtime.grad_scaler(), loader, runtime, config.to_dict())
         if checkpoint is not None:
             self.state.load_state_dict(checkpoint.train_state, checkpoint.source)
             logger.info("resuming from %s at step %d", checkpoint.source, self.state.step + 1)
@@ -198,9 +210,10 @@ class _Trainer:
         if self.log is not None and new_run:
             self.log.write("config", 0, **run_info)
         source = f"pretrained {config.pretrained}" if config.pretrained else config.model
-        logger.info("model %s: %.1fM parameters | recipe %s | %s | compile %s | %d micro-steps of %d x %d tokens "
-                    "per step", source, model.num_parameters() / 1e6, recipe, runtime.describe(), self.use_compile,
-                    self.grad_accum, config.micro_batch_size, config.sequence_length)
+        logger.info("model %s: %.1fM parameters | recipe %s | %s + %s schedule | %s | compile %s | %d micro-steps of "
+                    "%d x %d tokens per step", source, model.num_parameters() / 1e6, recipe, config.optimizer,
+                    config.lr_schedule, runtime.describe(), self.use_compile, self.grad_accum,
+                    config.micro_batch_size, config.sequence_length)
 
     def _save(self) -> Path | None:
         path = checkpoint_path(Path(self.config.checkpoint_dir), self.state.step, sharded=self.state.sharded)
@@ -217,7 +230,6 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         config, runtime, state = self.config, self.runtime, self.state
-        min_lr = config.max_lr * config.min_lr_ratio
         last_checkpoint = self.resume_file
         losses: list[float] = []
         stop = _StopRequest()
@@ -230,11 +242,9 @@ class _Trainer:
                     if step % config.eval_steps == 0 or final:
                         state.metrics.update(self.evaluator(step))
                     t0 = time.perf_counter()
-                    lr = learning_rate(step, config.max_lr, min_lr, config.warmup_steps, config.max_steps)
-                    for group in state.optimizer.param_groups:
-                        group["lr"] = lr
+                    lr = set_lr(state.optimizers, config, step)
                     try:
-                        result = train_step(self.forward, state.optimizer, state.scaler, state.loader.next_batch,
+                        result = train_step(self.forward, state.optimizers, state.scaler, state.loader.next_batch,
                                             runtime, self.grad_accum, config.grad_clip, stop.requested)
                     except NonFiniteError as e:
                         raise NanoGPTError(

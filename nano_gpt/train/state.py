@@ -8,6 +8,7 @@ A checkpoint is a plain dict of tensors and Python primitives (no pickled object
     model_config  GPTConfig as a dict
     train_config  TrainConfig as a dict (the run's settings)
     optimizer     AdamW's state dict
+    muon          Muon's state dict (its momentum buffers), when the run trains with --optimizer=muon
     scaler        the fp16 grad scaler's state dict (disabled: empty)
     loader        the training data position {"epoch", "position"}
     rng           {"torch": ByteTensor, "cuda": ByteTensor (on CUDA)}
@@ -16,8 +17,8 @@ A checkpoint is a plain dict of tensors and Python primitives (no pickled object
     trackers      the experiment-tracker runs it reports to, {name: identity} (`nano_gpt.trackers`), to continue them
 
 Under FSDP the same dict is saved as a sharded folder (`nano_gpt.checkpoint.sharded`), with `model` and
-`optimizer` as each rank's shards and the optimizer's state keyed by parameter name instead of by index
-(`torch.distributed.checkpoint.state_dict`). Resuming from a folder reads them straight into the resuming
+`optimizer` as each rank's shards (FSDP runs train with AdamW alone) and the optimizer's state keyed by
+parameter name instead of by index (`torch.distributed.checkpoint.state_dict`). Resuming from a folder reads them straight into the resuming
 run's own layout, whatever number of ranks wrote them and whether it shards or not.
 
 Reading and checking a checkpoint is `nano_gpt.checkpoint.read_checkpoint`'s job (`train_state=True`);
@@ -40,6 +41,7 @@ from nano_gpt.errors import NanoGPTError
 from nano_gpt.model import GPT
 from nano_gpt.parallel import is_fsdp
 from nano_gpt.runtime import Runtime
+from nano_gpt.train.optim import OPTIMIZER_KEYS
 from nano_gpt.version import nano_gpt_version
 
 
@@ -48,7 +50,7 @@ class TrainState:
     """The parts of a run that change as it trains; `step` is the last completed one (-1 before any)."""
 
     model: GPT  # unwrapped and uncompiled: what is saved, so a checkpoint loads anywhere
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]  # in `OPTIMIZER_KEYS` order: AdamW, then Muon if the run uses it
     scaler: torch.amp.GradScaler
     loader: ShardLoader
     runtime: Runtime
@@ -64,15 +66,18 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         if self.sharded:
-            model, optimizer = get_state_dict(self.model, self.optimizer)  # this rank's shards, keyed by name
+            [optimizer] = self.optimizers
+            model, state = get_state_dict(self.model, optimizer)  # this rank's shards, keyed by name
+            optimizers = {"optimizer": state}
         else:
-            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+            model = self.model.state_dict()
+            optimizers = {key: o.state_dict() for key, o in zip(OPTIMIZER_KEYS, self.optimizers)}
         return {
             "step": self.step,
             "model": model,
             "model_config": self.model.config.to_dict(),
             "train_config": self.config,
-            "optimizer": optimizer,
+            **optimizers,
             "scaler": self.scaler.state_dict(),
             "loader": self.loader.state_dict(),
             "rng": self.runtime.rng_state(),
@@ -89,10 +94,11 @@ class TrainState:
             if isinstance(checkpoint["optimizer"], OnDisk):
                 self._load_sharded(checkpoint["optimizer"])
             elif self.sharded:
-                set_optimizer_state_dict(self.model, self.optimizer, self._by_name(checkpoint["optimizer"]),
+                set_optimizer_state_dict(self.model, self.optimizers[0], self._by_name(checkpoint["optimizer"]),
                                          options=StateDictOptions(full_state_dict=True))  # each rank keeps its shard
             else:
-                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                for key, optimizer in zip(OPTIMIZER_KEYS, self.optimizers):
+                    optimizer.load_state_dict(checkpoint[key])
             self.scaler.load_state_dict(checkpoint["scaler"])
             self.runtime.set_rng_state(checkpoint["rng"])
         except (ValueError, RuntimeError, KeyError, TypeError) as e:
@@ -106,16 +112,17 @@ class TrainState:
     def _load_sharded(self, on_disk: OnDisk) -> None:
         """Model and optimizer from a sharded folder, into this run's layout: each rank reads the slices of its
         own shards (or whole tensors when it does not shard), whatever number of ranks wrote them."""
-        model, optimizer = get_state_dict(self.model, self.optimizer)
-        parts = {"model": model, "optimizer": optimizer}
+        [optimizer] = self.optimizers
+        model, state = get_state_dict(self.model, optimizer)
+        parts = {"model": model, "optimizer": state}
         on_disk.read_into(parts)
-        set_state_dict(self.model, self.optimizer, model_state_dict=parts["model"], optim_state_dict=parts["optimizer"])
+        set_state_dict(self.model, optimizer, model_state_dict=parts["model"], optim_state_dict=parts["optimizer"])
 
     def _by_name(self, saved: dict[str, Any]) -> dict[str, Any]:
         """A checkpoint file's optimizer state (keyed by each parameter's index in the optimizer) keyed by parameter
         name instead, as FSDP's loader takes it; the optimizer is built in the same order whatever the run."""
         names = {p: name for name, p in self.model.named_parameters()}
-        by_index = {index: names[p] for saved_group, group in zip(saved["param_groups"], self.optimizer.param_groups)
+        by_index = {index: names[p] for saved_group, group in zip(saved["param_groups"], self.optimizers[0].param_groups)
                     for index, p in zip(saved_group["params"], group["params"])}
         return {"state": {by_index[i]: s for i, s in saved["state"].items()},
                 "param_groups": [{**g, "params": [by_index[i] for i in g["params"]]} for g in saved["param_groups"]]}

@@ -1,14 +1,16 @@
 """One optimizer step, exactly as training runs it; the benchmarks time this same function.
 
 Gradient accumulation over micro-batches (the loss of each scaled so the step sees the mean over all of
-them), autocast, the fp16 grad scaler, gradient-norm clipping, and the data-parallel gradient sync on the
-last micro-step only. Nothing is updated when the loss or the gradient norm is not finite.
+them), autocast, the fp16 grad scaler, gradient-norm clipping over every parameter, and the data-parallel
+gradient sync on the last micro-step only. Nothing is updated when the loss or the gradient norm is not
+finite. A run may have several optimizers over disjoint parameters (Muon and AdamW): each is unscaled and
+stepped, and the scaler updated once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +38,7 @@ class NonFiniteError(Exception):
 
 def train_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizers: Sequence[torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
     next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     runtime: Runtime,
@@ -48,7 +50,8 @@ def train_step(
 
     `model` is what runs the forward pass: the model itself (FSDP's included), or its DDP and/or compiled wrapper.
     """
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=runtime.device)
     for micro_step in range(grad_accum):
         x, y = runtime.to_device(*next_batch())
@@ -63,12 +66,15 @@ def train_step(
     loss_value, stopping = stats[0].item() / runtime.world_size, stats[1].item() > 0
     if not math.isfinite(loss_value):
         raise NonFiniteError("the loss", loss_value)
-    scaler.unscale_(optimizer)
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)
     norm = clip_grad_norm(model.parameters(), grad_clip)
     if not math.isfinite(norm) and not scaler.is_enabled():
         raise NonFiniteError("the gradient norm", norm)
     scale = scaler.get_scale() if scaler.is_enabled() else None
-    scaler.step(optimizer)  # with fp16, skips the update when gradients overflowed
+    if math.isfinite(norm):  # with fp16, overflowed gradients skip every optimizer's update, not only the one
+        for optimizer in optimizers:  # whose parameters overflowed (the scaler decides per optimizer)
+            scaler.step(optimizer)
     scaler.update()
     skipped = scale is not None and scaler.get_scale() < scale
     return StepResult(loss_value, norm, skipped, stopping)
