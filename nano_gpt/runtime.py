@@ -67,7 +67,9 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
                 raise NanoGPTError(f"--device={name} under torchrun: pass --device=cuda, and each process takes "
                                    "the GPU of its local rank")
             device = torch.device("cuda", local_rank)
-        index = device.index or 0
+        if device.index is None:  # torch.cuda.set_device and CUDA's memory queries need an index
+            device = torch.device("cuda", torch.cuda.current_device())
+        index = device.index
         if index >= torch.cuda.device_count():
             raise NanoGPTError(f"{device} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
                                + ("; lower --nproc_per_node" if local_rank is not None else ""))

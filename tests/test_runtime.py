@@ -40,6 +40,18 @@ def test_auto_on_a_cpu_asks_the_measurement_for_the_purpose(monkeypatch: pytest.
     assert asked == [(64, 50304, "decode"), (64, 50304, "train")]
 
 
+def test_cuda_without_an_index_resolves_to_the_current_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.cuda.set_device and CUDA's memory queries refuse a bare "cuda" device: found on the first GPU run.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)  # torchrun: the local rank's GPU
+    with pytest.raises(NanoGPTError, match="only 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_an_unavailable_or_unknown_device_is_a_user_error() -> None:
     with pytest.raises(NanoGPTError, match="CUDA is not available"):
