@@ -123,13 +123,8 @@ class _WandB:
         return {"id": self.run.id, "project": self.run.project, "name": self.run.name}
 
     def log(self, record: dict[str, Any]) -> None:
-        if record["step"] < self.skip_below:
-            return
-        if record["kind"] == "sample":
-            self.run.log({"samples": self.table(columns=["sample"], data=[[t] for t in record["texts"]])},
-                         step=record["step"])
-        elif scalars := _scalars(record):
-            self.run.log(scalars, step=record["step"])
+        if record["step"] >= self.skip_below:
+            _log_to_run(self.run, self.table, record)
 
     def close(self) -> None:
         self.run.finish()
@@ -154,16 +149,19 @@ class _Trackio:
         return {"project": self.run.project, "name": self.run.name}
 
     def log(self, record: dict[str, Any]) -> None:
-        if record["step"] <= self.skip_through:
-            return
-        if record["kind"] == "sample":
-            self.run.log({"samples": self.table(columns=["sample"], data=[[t] for t in record["texts"]])},
-                         step=record["step"])
-        elif scalars := _scalars(record):
-            self.run.log(scalars, step=record["step"])
+        if record["step"] > self.skip_through:
+            _log_to_run(self.run, self.table, record)
 
     def close(self) -> None:
         self.run.finish()
+
+
+def _log_to_run(run: Any, table: Any, record: dict[str, Any]) -> None:
+    """A record into a W&B-style run (W&B's or Trackio's `log`): samples as a table, the rest as scalars."""
+    if record["kind"] == "sample":
+        run.log({"samples": table(columns=["sample"], data=[[t] for t in record["texts"]])}, step=record["step"])
+    elif scalars := _scalars(record):
+        run.log(scalars, step=record["step"])
 
 
 _OPENERS = {"tensorboard": _TensorBoard, "wandb": _WandB, "trackio": _Trackio}
