@@ -101,7 +101,7 @@ def test_a_previous_export_is_replaced_only_with_force(work: Path, model: GPT) -
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--export-dir=.", "--force"], "the working directory"),
-    (["--export-dir=", "--force"], "--export-dir is empty"),
+    (["--export-dir=", "--force"], "--export-dir= is empty"),
     (["--export-dir=notes.txt/export"], "not a folder"),
 ])
 def test_the_cli_refuses_in_one_line_and_changes_nothing(args: list[str], fragment: str, work: Path,
