@@ -19,15 +19,18 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
-from nano_gpt.config import GPTConfig
-from nano_gpt.data import ShardLoader
+from nano_gpt.config import SHAPE_FIELDS
+from nano_gpt.data import ShardLoader, prepare_dataset
+from nano_gpt.data.shards import is_prepared, split_tokenizers
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
 from nano_gpt.parallel import parallelize
 from nano_gpt.runtime import Runtime
 from nano_gpt.train import rundir
-from nano_gpt.train.config import TrainConfig, recipe_for
+from nano_gpt.tokenizer import (describe_tokenizer, padded_vocab_size, same_tokenizer, tokenizer_from_record,
+                                tokenizer_record)
+from nano_gpt.train.config import RECIPE_RULE, TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import learning_rate, make_optimizer
@@ -78,13 +81,43 @@ def _read_resume(config: TrainConfig, path: Path) -> Checkpoint:
                            f"{hint}") from e
 
 
-def _initial_model(config: TrainConfig, checkpoint: Checkpoint | None) -> GPT:
+def _initial_model(config: TrainConfig, checkpoint: Checkpoint | None, tokenizer: dict[str, Any]) -> GPT:
     if checkpoint is not None:
         return checkpoint.model.train()
     if config.pretrained is not None:
         return read_checkpoint(config.pretrained).model.train()
     torch.manual_seed(config.seed)  # the same init on every rank
-    return GPT(GPTConfig.from_preset(config.model))
+    return GPT(config.model_config(padded_vocab_size(tokenizer["n_vocab"])))
+
+
+def _data_splits(config: TrainConfig) -> list[str]:
+    return ["train"] + (["validation"] if config.validation_steps > 0 else [])
+
+
+def _prepare_if_needed(config: TrainConfig) -> None:
+    """Prepare the splits the run reads that are not prepared yet, with `prepare_dataset` itself (its locks,
+    checks and progress); without --prepare the loader refuses instead, naming the command.
+
+    Under torchrun every rank calls this: whichever takes a split's lock first prepares it, the others wait on
+    that lock and then find the split finished, before any process group exists to time out.
+    """
+    dataset_dir = Path(config.dataset_dir)
+    missing = [s for s in _data_splits(config) if not is_prepared(dataset_dir, config.dataset, s, config.tokenizer)]
+    if not missing or not config.prepare:
+        return
+    logger.info("dataset %s is not prepared with --tokenizer=%s: preparing its %s split%s into %s first, as "
+                "`nano-gpt prepare_dataset` would (--no-prepare refuses instead)", config.dataset, config.tokenizer,
+                " and ".join(missing), "s" * (len(missing) > 1), dataset_dir)
+    prepare_dataset(config.dataset, missing, dataset_dir=dataset_dir, tokenizer=config.tokenizer)
+
+
+def _check_tokenizer(what: str, model_tokenizer: dict[str, Any], dataset_tokenizer: dict[str, Any],
+                     config: TrainConfig) -> None:
+    """A model learns token ids: training it on ids that mean other text is refused before step 0."""
+    if not same_tokenizer(model_tokenizer, dataset_tokenizer):
+        raise NanoGPTError(f"{what} uses {describe_tokenizer(model_tokenizer)}, but dataset {config.dataset} "
+                           f"(--tokenizer={config.tokenizer}) holds ids of {describe_tokenizer(dataset_tokenizer)}; "
+                           "prepare the dataset with the model's tokenizer")
 
 
 def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
@@ -97,19 +130,38 @@ def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
 def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
-    # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
-    recipe = config.model if config.pretrained is None else recipe_for(
-        read_checkpoint(config.pretrained, weights=False).config)
-    config = config.resolved(recipe)
+    _prepare_if_needed(config)
+    tokenizer = split_tokenizers(Path(config.dataset_dir), config.dataset, _data_splits(config), config.tokenizer)
+    # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape, a
+    # shape given by flags gets the recipe of the preset closest to it (RECIPE_RULE).
+    if config.pretrained is not None:
+        pretrained = read_checkpoint(config.pretrained, weights=False)
+        _check_tokenizer(f"--pretrained={config.pretrained}", tokenizer_record(pretrained.tokenizer()), tokenizer,
+                         config)
+        recipe, block_size = recipe_for(pretrained.config), pretrained.config.block_size
+    else:
+        shape = config.model_config(padded_vocab_size(tokenizer["n_vocab"]))
+        shaped = any(getattr(config, name) is not None for name in SHAPE_FIELDS)
+        recipe, block_size = (recipe_for(shape) if shaped else config.model), shape.block_size
+        if shaped:
+            logger.info("model shape %d layers x %d heads x %d wide, context %d: recipe %s (%s)", shape.n_layer,
+                        shape.n_head, shape.n_embd, shape.block_size, recipe, RECIPE_RULE)
+    config = config.resolved(recipe, block_size)
     resume_file = rundir.prepare(config)
     checkpoint = _read_resume(config, resume_file) if resume_file is not None else None
-    model = _initial_model(config, checkpoint)
+    if checkpoint is not None:
+        _check_tokenizer(f"checkpoint {checkpoint.source}", tokenizer_record(checkpoint.tokenizer()), tokenizer,
+                         config)
+    model = _initial_model(config, checkpoint, tokenizer)
+    if model.config.vocab_size < tokenizer["n_vocab"]:
+        raise NanoGPTError(f"the model has {model.config.vocab_size:,} token embeddings, fewer than the "
+                           f"{tokenizer['n_vocab']:,} tokens of {describe_tokenizer(tokenizer)} in dataset {config.dataset}")
     if config.sequence_length > model.config.block_size:
         raise NanoGPTError(f"--sequence-length={config.sequence_length} exceeds the model's context of "
                            f"{model.config.block_size}")
     runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
     try:
-        return _Trainer(config, runtime, model, recipe, checkpoint).run()
+        return _Trainer(config, runtime, model, recipe, checkpoint, tokenizer).run()
     finally:
         runtime.close()
 
@@ -118,7 +170,7 @@ class _Trainer:
     """The run's components, built in order so that everything that can fail does so before step 0."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, recipe: str,
-                 checkpoint: Checkpoint | None) -> None:
+                 checkpoint: Checkpoint | None, tokenizer: dict[str, Any]) -> None:
         self.config, self.runtime = config, runtime
         self.resume_file = checkpoint.source if checkpoint is not None else None
         self.grad_accum = config.grad_accum_steps(runtime.world_size)
@@ -128,7 +180,7 @@ class _Trainer:
                    "lower --micro-batch-size (accumulation keeps --total-batch-size)")
         loader = ShardLoader(Path(config.dataset_dir), config.dataset, "train", config.micro_batch_size,
                              config.sequence_length, rank=runtime.rank, world_size=runtime.world_size,
-                             shuffle=config.shuffle, seed=config.seed)
+                             shuffle=config.shuffle, seed=config.seed, tokenizer=config.tokenizer)
         model.to(runtime.device)
         self.use_compile = runtime.compiles_by_default if config.compile is None else config.compile
         # Before the optimizer: FSDP replaces the parameters by their shards.
@@ -140,7 +192,8 @@ class _Trainer:
             logger.info("resuming from %s at step %d", checkpoint.source, self.state.step + 1)
             _warn_if_changed(checkpoint.train_config, config)
         self.log = RunLog(Path(config.log_file), checkpoint.step if checkpoint else None) if runtime.is_main else None
-        self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)  # loads its data: may fail
+        self.evaluator = Evaluator(config, runtime, model, self.forward, tokenizer_from_record(tokenizer),
+                                   self.log)  # loads its data: may fail
         if self.log is not None:
             self.log.start()  # only now is the log (re)written: everything that could fail has passed
         n_params = model.num_parameters(exclude_embeddings=True)
@@ -154,11 +207,15 @@ class _Trainer:
         config, runtime = self.config, self.runtime
         if self.log is not None and new_run:
             self.log.write("config", 0, config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
+                           tokenizer=describe_tokenizer(self.state.loader.tokenizer),
                            world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
                            compile=self.use_compile, n_params=n_params)
         source = f"pretrained {config.pretrained}" if config.pretrained else config.model
-        logger.info("model %s: %.1fM parameters | recipe %s | %s | compile %s | %d micro-steps of %d x %d tokens "
-                    "per step", source, model.num_parameters() / 1e6, recipe, runtime.describe(), self.use_compile,
+        shape = model.config
+        logger.info("model %s: %.1fM parameters (%d layers x %d heads x %d wide, context %d) | %s | recipe %s | %s | "
+                    "compile %s | %d micro-steps of %d x %d tokens per step", source, model.num_parameters() / 1e6,
+                    shape.n_layer, shape.n_head, shape.n_embd, shape.block_size,
+                    describe_tokenizer(self.state.loader.tokenizer), recipe, runtime.describe(), self.use_compile,
                     self.grad_accum, config.micro_batch_size, config.sequence_length)
 
     def _save(self) -> Path | None:
