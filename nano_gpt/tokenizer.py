@@ -267,7 +267,7 @@ class CharTokenizer:
         for text in texts:
             seen.update(text)
         if not seen:
-            raise NanoGPTError("--tokenizer=char builds its vocabulary from the corpus, but the corpus holds no text")
+            raise NanoGPTError("the corpus is empty: --tokenizer=char builds its vocabulary from its text, and it holds none")
         return cls("".join(sorted(seen)))
 
     def encode_to_numpy(self, text: str) -> np.ndarray:

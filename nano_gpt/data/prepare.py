@@ -48,8 +48,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPES, check_shard_sizes,
-                                  dtype_for_vocab, load_manifest, shard_name, shard_ok, split_dir, split_lock,
-                                  write_json_atomic)
+                                  dtype_for_vocab, is_prepared, load_manifest, shard_name, shard_ok, split_dir,
+                                  split_lock, write_json_atomic)
 from nano_gpt.data.sources import Split, dataset_splits, default_validation_tokens
 from nano_gpt.defaults import DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 PIECE_CHARS = 1 << 16  # long documents are cut into pieces of about this size, so one document uses many cores
 BATCH_CHARS = 1 << 18  # characters sent to a worker at a time
 LOG_EVERY_S = 10.0
+LARGE_TOKENS = 1_000_000_000  # a split this large is announced with its size before it is prepared
 
 Batch = list[tuple[int, bool, str]]  # (document index, piece starts the document, text)
 Encoded = tuple[list[tuple[int, int]], np.ndarray]  # ((document index, tokens) per piece, all tokens)
@@ -240,7 +241,7 @@ class _Progress:
     """
 
     def __init__(self, description: str, total: int | None, completed: int) -> None:
-        self.description, self.completed, self._initial = description, completed, completed
+        self.description, self.completed, self._initial, self._total = description, completed, completed, total
         self._start = self._last_log = time.monotonic()
         console = Console(stderr=True)
         self._bar = None
@@ -261,7 +262,11 @@ class _Progress:
             self._bar.update(self._task, completed=self.completed, rate=self._rate())
         elif time.monotonic() - self._last_log >= LOG_EVERY_S:
             self._last_log = time.monotonic()
-            logger.info("%s: %s tokens, %s tokens/s", self.description, f"{self.completed:,}", f"{self._rate():,.0f}")
+            left = ""
+            if self._total and self._total > self.completed and self._rate() > 0:
+                left = f", about {(self._total - self.completed) / self._rate() / 60:,.0f} min left"
+            logger.info("%s: %s tokens, %s tokens/s%s", self.description, f"{self.completed:,}", f"{self._rate():,.0f}",
+                        left)
 
     def _rate(self) -> float:
         return (self.completed - self._initial) / max(time.monotonic() - self._start, 1e-9)
@@ -546,8 +551,32 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
                                 raise NanoGPTError(f"the corpus is empty: {dataset!r} holds no text")
                             corpus_validation_tokens = default_validation_tokens(tokens, tokens_per_shard)
                         split = split.cut(corpus_validation_tokens)
-                    manifest = _write_split(dataset, name, split, directory, options, tokens_per_shard, encoder_once())
+                    encoder = encoder_once()
+                    if split.approx_tokens and split.approx_tokens >= LARGE_TOKENS:
+                        # Said before the hours of work start; the progress shows the time left once a rate is measured.
+                        size = split.approx_tokens * _shard_dtype(encoder.tokenizer).itemsize / 1e9
+                        logger.warning("the %s split of %s is about %s tokens: %.1f GB of shards in %s; preparing it "
+                                       "takes hours on a laptop (progress and time left follow)", name, dataset,
+                                       f"{split.approx_tokens:,}", size, directory)
+                    manifest = _write_split(dataset, name, split, directory, options, tokens_per_shard, encoder)
                     prepared[name] = PreparedSplit(directory, manifest, reused=False)
             except OSError as e:  # a read-only or full disk, a file where a folder should be, and the like
                 raise NanoGPTError(f"cannot prepare the {name} split in {directory}: {_os_error(e)}") from e
     return prepared
+
+
+def prepare_missing(dataset: str, splits: Sequence[str], dataset_dir: Path = DEFAULT_DATASET_DIR,
+                    tokenizer: str = "gpt2") -> None:
+    """Prepare those of `splits` that are not prepared yet, exactly as `prepare_dataset` does (its locks, checks
+    and progress), saying so in one log line: what `nano-gpt train` does before its first step.
+
+    Processes that call this at once (torchrun's ranks) take turns under each split's lock: the first prepares
+    it, the others wait and then find it finished.
+    """
+    missing = [s for s in splits if not is_prepared(dataset_dir, dataset, s, tokenizer)]
+    if not missing:
+        return
+    logger.info("dataset %s is not prepared with --tokenizer=%s: preparing its %s split%s in %s first, as "
+                "`nano-gpt prepare_dataset` would (--no-prepare refuses instead)", dataset, tokenizer,
+                " and ".join(missing), "s" * (len(missing) > 1), split_dir(dataset_dir, dataset, "", tokenizer))
+    prepare_dataset(dataset, missing, dataset_dir=dataset_dir, tokenizer=tokenizer)

@@ -20,8 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import SHAPE_FIELDS
-from nano_gpt.data import ShardLoader, prepare_dataset
-from nano_gpt.data.shards import is_prepared, split_tokenizers
+from nano_gpt.data import ShardLoader
+from nano_gpt.data.prepare import prepare_missing
+from nano_gpt.data.shards import split_tokenizers
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
 from nano_gpt.model import GPT
@@ -94,23 +95,6 @@ def _data_splits(config: TrainConfig) -> list[str]:
     return ["train"] + (["validation"] if config.validation_steps > 0 else [])
 
 
-def _prepare_if_needed(config: TrainConfig) -> None:
-    """Prepare the splits the run reads that are not prepared yet, with `prepare_dataset` itself (its locks,
-    checks and progress); without --prepare the loader refuses instead, naming the command.
-
-    Under torchrun every rank calls this: whichever takes a split's lock first prepares it, the others wait on
-    that lock and then find the split finished, before any process group exists to time out.
-    """
-    dataset_dir = Path(config.dataset_dir)
-    missing = [s for s in _data_splits(config) if not is_prepared(dataset_dir, config.dataset, s, config.tokenizer)]
-    if not missing or not config.prepare:
-        return
-    logger.info("dataset %s is not prepared with --tokenizer=%s: preparing its %s split%s into %s first, as "
-                "`nano-gpt prepare_dataset` would (--no-prepare refuses instead)", config.dataset, config.tokenizer,
-                " and ".join(missing), "s" * (len(missing) > 1), dataset_dir)
-    prepare_dataset(config.dataset, missing, dataset_dir=dataset_dir, tokenizer=config.tokenizer)
-
-
 def _check_tokenizer(what: str, model_tokenizer: dict[str, Any], dataset_tokenizer: dict[str, Any],
                      config: TrainConfig) -> None:
     """A model learns token ids: training it on ids that mean other text is refused before step 0."""
@@ -130,7 +114,10 @@ def _warn_if_changed(saved: dict, config: TrainConfig) -> None:
 def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
-    _prepare_if_needed(config)
+    if config.prepare:  # else the loader refuses an unprepared split, naming the command that prepares it
+        # Under torchrun every rank asks: the first to take a split's lock prepares it, the others wait on that
+        # lock and find it finished, all before a process group exists that could time out.
+        prepare_missing(config.dataset, _data_splits(config), Path(config.dataset_dir), config.tokenizer)
     tokenizer = split_tokenizers(Path(config.dataset_dir), config.dataset, _data_splits(config), config.tokenizer)
     # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape, a
     # shape given by flags gets the recipe of the preset closest to it (RECIPE_RULE).
