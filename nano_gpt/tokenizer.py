@@ -227,7 +227,7 @@ def load_tokenizer(folder: Path | None = None) -> Tokenizer:
 
 def is_gpt2(tokenizer: Tokenizer) -> bool:
     """Whether `tokenizer` is GPT-2's (the one datasets are prepared with and exports ship)."""
-    return tokenizer is get_tokenizer()
+    return isinstance(tokenizer, tiktoken.Encoding) and tokenizer is get_tokenizer()  # others never build GPT-2's
 
 
 def check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Tokenizer, what: str) -> None:
