@@ -46,7 +46,8 @@ def run_nano_gpt(work: Path, corpus: Path, max_steps: int, device: str) -> tuple
     base = [sys.executable, "-m", "nano_gpt"]
     subprocess.run([*base, "prepare_dataset", "--dataset=tinyshakespeare", "--tokenizer=char"], cwd=work, env=env,
                    check=True, capture_output=True)  # not timed: nanoGPT's prepare.py is not either
-    steps = [] if max_steps == 2000 else [f"--max-steps={max_steps}", f"--warmup-steps={min(100, max_steps // 10)}",
+    warmup = 100 if max_steps > 100 else max_steps // 10  # nanoGPT's 100, as long as the run is longer
+    steps = [] if max_steps == 2000 else [f"--max-steps={max_steps}", f"--warmup-steps={warmup}",
                                           f"--eval-steps={max_steps}"]
     start = time.perf_counter()
     with open(work / "train.err", "w") as err:  # the log lines, samples among them
