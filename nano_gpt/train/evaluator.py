@@ -76,12 +76,13 @@ class Evaluator:
             metrics["val_loss"] = val
             self._record("val", step, tokens=tokens, val_loss=val)
             logger.info("step: %d | val loss: %.4f", step, val)
-        if self.hellaswag is not None or self.runtime.is_main:
-            with whole_model(self.model) as model:  # from here on, ranks run different passes
-                if self.hellaswag is not None:
-                    metrics.update(self._hellaswag(model, step, tokens))
-                if self.runtime.is_main:
-                    self._log_samples(model)
+        # Every rank enters: under FSDP gathering the whole model is a collective. From here on ranks run different
+        # passes (rank 0 alone writes the samples).
+        with whole_model(self.model) as model:
+            if self.hellaswag is not None:
+                metrics.update(self._hellaswag(model, step, tokens))
+            if self.runtime.is_main:
+                self._log_samples(model)
         self.model.train()
         return metrics
 
