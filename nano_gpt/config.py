@@ -52,4 +52,8 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
     "gpt2-xs": GPTConfig(n_layer=10, n_head=8, n_embd=512),  # ~58M, for laptops (head size 64 as in GPT-2)
     "gpt2-xxs": GPTConfig(n_layer=4, n_head=4, n_embd=64),  # ~3M (mostly embeddings), for tests
+    # nanoGPT's character-level Shakespeare on a laptop CPU (its README): 4 layers, 4 heads, 128 wide, context 64;
+    # its vocabulary comes from the dataset (65 characters for TinyShakespeare), as every fresh run's does.
+    "baby": GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
 }
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")  # what `train --n-layer ...` may set over a preset

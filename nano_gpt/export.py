@@ -1,7 +1,9 @@
 """Export a GPT as a Hugging Face GPT-2 model folder that `transformers` and the Hub load as is.
 
 The folder holds `model.safetensors` in OpenAI's GPT-2 layout (see `nano_gpt.hf`), a `GPT2Config`
-`config.json`, `generation_config.json`, the GPT-2 tokenizer files and a model card (`README.md`,
+`config.json`, `generation_config.json`, the model's tokenizer files (GPT-2's; or a character vocabulary as a
+`tokenizers` BPE with no merges, so `AutoTokenizer` maps each character to its id; or a tokenizer's own
+tokenizer.json) and a model card (`README.md`,
 with `training_log.png` when the run's log is known). It is written to a temp folder next to the
 target and renamed into place at the end, so a failed export leaves no half-written model.
 
@@ -36,7 +38,7 @@ from nano_gpt.model_card import (
     render_model_card,
     training_plot,
 )
-from nano_gpt.tokenizer import VOCAB_SIZE, bpe_file
+from nano_gpt.tokenizer import CharTokenizer, Tokenizer, bpe_file, get_tokenizer, is_gpt2, tokenizer_record
 from nano_gpt.version import nano_gpt_version
 
 if TYPE_CHECKING:
@@ -120,10 +122,27 @@ def _clean_leftovers(target: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _write_tokenizer(folder: Path, model_max_length: int) -> None:
-    """vocab.json and merges.txt (OpenAI's encoder.json and vocab.bpe, hash-checked), plus the
-    tokenizer.json and tokenizer_config.json that `AutoTokenizer` reads, written by transformers itself."""
-    from transformers import GPT2TokenizerFast
+def _write_tokenizer(folder: Path, model_max_length: int, tokenizer: Tokenizer) -> None:
+    """GPT-2's: vocab.json and merges.txt (OpenAI's encoder.json and vocab.bpe, hash-checked), plus the
+    tokenizer.json and tokenizer_config.json that `AutoTokenizer` reads, written by transformers itself. Any
+    other: its tokenizer.json (a character vocabulary as a BPE without merges: a text splits into characters,
+    each of which is a token) saved by transformers' `PreTrainedTokenizerFast`."""
+    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+
+    if not is_gpt2(tokenizer):
+        from tokenizers import Tokenizer as RustTokenizer
+        from tokenizers import decoders, models
+
+        if isinstance(tokenizer, CharTokenizer):
+            rust = RustTokenizer(models.BPE(vocab={c: i for i, c in enumerate(tokenizer.chars)}, merges=[]))
+            rust.decoder = decoders.Fuse()  # characters join as they are, with no spaces between them
+        else:
+            rust = RustTokenizer.from_str(tokenizer.to_json())
+        eos = {} if tokenizer.eot_token is None else {"eos_token": rust.id_to_token(tokenizer.eot_token)}
+        fast = PreTrainedTokenizerFast(tokenizer_object=rust, model_max_length=model_max_length,
+                                       clean_up_tokenization_spaces=False, **eos)
+        fast.save_pretrained(folder)
+        return
 
     shutil.copyfile(bpe_file("encoder.json"), folder / "vocab.json")
     shutil.copyfile(bpe_file("vocab.bpe"), folder / "merges.txt")
@@ -138,13 +157,13 @@ def safetensors_metadata() -> dict[str, str]:
     return {"format": "pt", "producer": "nano-gpt", **({"producer_version": version} if version else {})}
 
 
-def _write_model(model: GPT, folder: Path, device: torch.device | str) -> None:
+def _write_model(model: GPT, folder: Path, device: torch.device | str, tokenizer: Tokenizer) -> None:
     from transformers import GenerationConfig, GPT2Config
 
-    hf_config = GPT2Config(**config_to_hf(model.config, VOCAB_SIZE))
+    hf_config = GPT2Config(**config_to_hf(model.config, tokenizer.n_vocab, tokenizer.eot_token))
     hf_config.save_pretrained(folder)
     GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
-    sd = state_dict_to_hf({k: v.detach().to(device) for k, v in model.state_dict().items()}, VOCAB_SIZE)
+    sd = state_dict_to_hf({k: v.detach().to(device) for k, v in model.state_dict().items()}, tokenizer.n_vocab)
     # fp32 on the CPU, as config.json says.
     save_file({k: v.to("cpu", torch.float32) for k, v in sd.items()}, folder / "model.safetensors",
               metadata=safetensors_metadata())
@@ -189,23 +208,26 @@ def export_model(
     model_card: str | None = None,
     repo_id: str | None = None,
     license: str = DEFAULT_LICENSE,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write `model` to `export_dir` as a complete Hugging Face GPT-2 folder with a model card; returns the folder.
 
-    A vocabulary padded for training (50304) is cut back to GPT-2's 50257 tokens: the padding rows
-    are never targets and no text encodes to them. `device` is where the conversion runs.
+    A vocabulary padded for training (50304) is cut back to the tokenizer's size (GPT-2's 50257 by default;
+    `tokenizer` is the model's, as `Checkpoint.tokenizer()` gives it): the padding rows are never targets and
+    no text encodes to them. `device` is where the conversion runs.
     The card is rendered from `facts` (default: what the model itself tells), its snippets load
     `repo_id` when given (the folder is going to the Hub); `model_card` replaces it with a
     user's own text. A training-log plot goes in when `facts` carry the run's log.
     """
     export_dir = prepare_export_dir(export_dir, force)
-    if model.config.vocab_size < VOCAB_SIZE:
+    tokenizer = tokenizer or get_tokenizer()
+    if model.config.vocab_size < tokenizer.n_vocab:
         raise NanoGPTError(
-            f"the model has a vocabulary of {model.config.vocab_size}, smaller than GPT-2's {VOCAB_SIZE}; "
-            "only models using the GPT-2 tokenizer can be exported"
+            f"the model has a vocabulary of {model.config.vocab_size}, smaller than its tokenizer's {tokenizer.n_vocab}; "
+            "export it with the tokenizer it was trained with"
         )
     target = export_dir.resolve()  # so `out/` and `a/../b` have a name to put the temp folder beside
-    facts = facts or facts_from_model(model)
+    facts = facts or facts_from_model(model, tokenizer=tokenizer_record(tokenizer))
     name = repo_id.split("/")[-1] if repo_id else target.name
     plot = training_plot(facts, title=repo_id or target.name)
     card = model_card if model_card is not None else render_model_card(
@@ -214,8 +236,8 @@ def export_model(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()  # unlike tempfile.mkdtemp (0700), this follows the umask, as the final folder should
-        _write_model(model, tmp, device)
-        _write_tokenizer(tmp, model.config.block_size)
+        _write_model(model, tmp, device, tokenizer)
+        _write_tokenizer(tmp, model.config.block_size, tokenizer)
         _write_card(tmp, card, plot)
         _swap_into_place(tmp, target)
     except Exception as e:  # an OSError, or a writer's own error raised while handling one (a full disk)

@@ -67,8 +67,9 @@ def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
     return config
 
 
-def config_to_hf(config: GPTConfig, vocab_size: int) -> dict:
-    """A `GPT2Config`-compatible dict, as in OpenAI's `config.json` on the Hub."""
+def config_to_hf(config: GPTConfig, vocab_size: int, eot_token: int | None = EOT_TOKEN) -> dict:
+    """A `GPT2Config`-compatible dict, as in OpenAI's `config.json` on the Hub; `eot_token` is the tokenizer's
+    end of text (None for a character vocabulary, which has none)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -87,8 +88,8 @@ def config_to_hf(config: GPTConfig, vocab_size: int) -> dict:
         "attn_pdrop": 0.1,
         "scale_attn_weights": True,
         "use_cache": True,
-        "bos_token_id": EOT_TOKEN,
-        "eos_token_id": EOT_TOKEN,
+        "bos_token_id": eot_token,
+        "eos_token_id": eot_token,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }

@@ -26,7 +26,7 @@ from nano_gpt.errors import NanoGPTError
 from nano_gpt.hub import HUB_ALIASES
 from nano_gpt.model import GPT
 from nano_gpt.runlog import LOG_FILE, TrainingLog, differing_settings, is_finite, read_log
-from nano_gpt.tokenizer import VOCAB_SIZE
+from nano_gpt.tokenizer import VOCAB_SIZE, describe_tokenizer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,22 +65,25 @@ class CardFacts:
     hellaswag_total: int | None = None
     hellaswag_step: int | None = None
     log: TrainingLog | None = None  # the run's log up to `step`, for the plot
+    tokenizer: dict[str, Any] | None = None  # its record (`nano_gpt.tokenizer.tokenizer_record`); None: GPT-2's
 
 
-def exported_parameters(model: GPT) -> int:
+def exported_parameters(model: GPT, n_vocab: int = VOCAB_SIZE) -> int:
     """Parameters of the exported weights: the training vocabulary's padding rows are cut on export."""
-    padding_rows = max(model.config.vocab_size - VOCAB_SIZE, 0)
+    padding_rows = max(model.config.vocab_size - n_vocab, 0)
     return model.num_parameters() - padding_rows * model.config.n_embd
 
 
-def facts_from_model(model: GPT, source: str | None = None) -> CardFacts:
-    """The facts any model has: its shape and size (and where pretrained weights came from)."""
-    return CardFacts(config=model.config, parameters=exported_parameters(model), source=source)
+def facts_from_model(model: GPT, source: str | None = None, tokenizer: dict[str, Any] | None = None) -> CardFacts:
+    """The facts any model has: its shape, size and tokenizer (and where pretrained weights came from)."""
+    n_vocab = tokenizer["n_vocab"] if tokenizer else VOCAB_SIZE
+    return CardFacts(config=model.config, parameters=exported_parameters(model, n_vocab), source=source,
+                     tokenizer=tokenizer)
 
 
 def facts_from_checkpoint(checkpoint: Checkpoint) -> CardFacts:
     """Facts from a training checkpoint read by `read_checkpoint` and, where it lacks them, from its run's log."""
-    facts = facts_from_model(checkpoint.model)
+    facts = facts_from_model(checkpoint.model, tokenizer=checkpoint.tokenizer_record)
     if checkpoint.format not in (OURS, OURS_SHARDED):
         # Another project's checkpoint, or a Hugging Face folder: no run of ours to describe.
         logger.info("model card: %s is not a nano-gpt checkpoint; the card describes the model only", checkpoint.source)
@@ -279,7 +282,8 @@ def _model_section(facts: CardFacts) -> str:
         ("Attention heads", str(c.n_head)),
         ("Embedding size", str(c.n_embd)),
         ("Context length", f"{c.block_size} tokens"),
-        ("Vocabulary", f"{VOCAB_SIZE:,} tokens (GPT-2's BPE tokenizer)"),
+        ("Vocabulary", f"{VOCAB_SIZE:,} tokens (GPT-2's BPE tokenizer)" if not facts.tokenizer or
+         facts.tokenizer.get("kind") == "gpt2" else describe_tokenizer(facts.tokenizer)),
         *([("Source", f"`{facts.source}`")] if facts.source else []),
     ])
 

@@ -8,17 +8,26 @@ Many GPT-2s on the Hub are trained on other languages and vocabularies; a folder
 tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`) is read by `transformers.AutoTokenizer`
 and wrapped in `HFTokenizer`, which has the few methods of tiktoken's `Encoding` that sampling and
 evaluation use (the `Tokenizer` protocol). A folder with GPT-2's own files, or none, gets GPT-2's.
+
+A prepared dataset has one tokenizer (`prepare_dataset --tokenizer=gpt2|char|PATH_OR_HUB_ID`), described by a
+plain-data *record* that its manifest and every checkpoint trained on it carry (`tokenizer_record`), and that
+`tokenizer_from_record` turns back into the tokenizer, so sampling, evaluation and export need not be told:
+
+    {"kind": "gpt2", "n_vocab": 50257, "eot_token": 50256}
+    {"kind": "char", "n_vocab": 65, "eot_token": None, "chars": "\n !$&',-.3:;?ABC..."}    # nanoGPT's prepare.py
+    {"kind": "hf", "n_vocab": N, "eot_token": ID, "name": PATH_OR_ID, "sha256": ..., "json": tokenizer.json text}
 """
 
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
@@ -98,17 +107,23 @@ class Tokenizer(Protocol):
 
 
 class HFTokenizer:
-    """A model folder's own tokenizer, loaded by `transformers.AutoTokenizer` (no remote code)."""
+    """A model folder's own tokenizer, loaded by `transformers.AutoTokenizer` (no remote code), or rebuilt from
+    the tokenizer.json text of a record (`tokenizer_from_record`)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path | str, tokenizer_json: str | None = None, eot_token: int | None = None) -> None:
         from tokenizers.decoders import ByteLevel
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
         from transformers.convert_slow_tokenizer import bytes_to_unicode
 
         self.name = str(folder)
         try:
             with quiet_transformers():
-                self._tok = AutoTokenizer.from_pretrained(folder)
+                if tokenizer_json is None:
+                    self._tok = AutoTokenizer.from_pretrained(folder)
+                else:
+                    from tokenizers import Tokenizer as RustTokenizer
+
+                    self._tok = PreTrainedTokenizerFast(tokenizer_object=RustTokenizer.from_str(tokenizer_json))
         except Exception as e:  # a malformed tokenizer.json or tokenizer_config.json raises many types
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise NanoGPTError(f"cannot load the tokenizer in {folder}: {reason}") from e
@@ -116,6 +131,8 @@ class HFTokenizer:
         # Where a sequence ends, and what stands for an empty HellaSwag context: EOS, else BOS (GPT-2 has one
         # token for both).
         self.eot_token = self._tok.eos_token_id if self._tok.eos_token_id is not None else self._tok.bos_token_id
+        if tokenizer_json is not None:
+            self.eot_token = eot_token
         backend = getattr(self._tok, "backend_tokenizer", None)
         # Byte-level BPE (GPT-2's kind) spells each byte as one printable character; its inverse gives a
         # token's bytes, so streaming can print characters that span tokens once they are complete.
@@ -129,6 +146,14 @@ class HFTokenizer:
 
     def decode(self, tokens: list[int]) -> str:
         return self._tok.decode(tokens)
+
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what a record and an export carry)."""
+        return self._tok.backend_tokenizer.to_str()
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text`, if the vocabulary has one."""
+        return self._tok.convert_tokens_to_ids(text) if text in self._tok.get_vocab() else None
 
     def decode_single_token_bytes(self, token: int) -> bytes:
         piece = self._tok.convert_ids_to_tokens(token)
@@ -205,7 +230,7 @@ def load_tokenizer(folder: Path | None = None) -> Tokenizer:
 
 def is_gpt2(tokenizer: Tokenizer) -> bool:
     """Whether `tokenizer` is GPT-2's (the one datasets are prepared with and exports ship)."""
-    return tokenizer is get_tokenizer()
+    return isinstance(tokenizer, tiktoken.Encoding) and tokenizer is get_tokenizer()  # others never build GPT-2's
 
 
 def check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Tokenizer, what: str) -> None:
@@ -217,3 +242,142 @@ def check_ids_fit(ids: list[int], vocab_size: int, tokenizer: Tokenizer, what: s
             "it was trained with another tokenizer; use a model folder that holds it (tokenizer.json, or vocab.json "
             "and merges.txt)"
         )
+
+
+class CharTokenizer:
+    """nanoGPT's character-level tokenizer: token i is the i-th character of `chars` (no end-of-text token).
+
+    Built from a corpus it is its sorted unique characters, as nanoGPT's `shakespeare_char/prepare.py` builds
+    it, so the same text always gives the same vocabulary.
+    """
+
+    name = "char"
+    eot_token = None
+
+    def __init__(self, chars: str) -> None:
+        if not chars or len(set(chars)) != len(chars):
+            raise NanoGPTError("a character vocabulary needs at least one character, each once")
+        self.chars = chars
+        self.n_vocab = len(chars)
+        self._stoi = {c: i for i, c in enumerate(chars)}
+        order = sorted(range(len(chars)), key=lambda i: chars[i])
+        self._codes = np.array([ord(chars[i]) for i in order], dtype=np.uint32)  # sorted code points
+        self._ids = np.array(order, dtype=np.uint32)  # the id of each sorted code point
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        if not seen:
+            raise NanoGPTError("the corpus is empty: --tokenizer=char builds its vocabulary from its text, and it holds none")
+        return cls("".join(sorted(seen)))
+
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        """The ids of `text` (uint32), vectorised: a 1 MB corpus is one searchsorted, not a million lookups."""
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        where = np.minimum(np.searchsorted(self._codes, points), len(self._codes) - 1)
+        unknown = self._codes[where] != points
+        if unknown.any():
+            char = chr(int(points[int(np.argmax(unknown))]))
+            raise NanoGPTError(f"the text holds the character {char!r}, which is not in the model's vocabulary of "
+                               f"{self.n_vocab} characters")
+        return self._ids[where]
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.encode_to_numpy(text).tolist()
+
+    def decode(self, tokens: list[int]) -> str:
+        return "".join(self.chars[t] for t in tokens)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        return self.chars[token].encode("utf-8", "surrogatepass")
+
+
+def padded_vocab_size(n_vocab: int) -> int:
+    """A model's embedding rows for a tokenizer of `n_vocab` tokens: the next multiple of 64 (GPT-2's 50,257
+    becomes 50,304), which keeps the vocabulary matmuls on fast tile sizes; the extra rows are never targets."""
+    return -(-n_vocab // 64) * 64
+
+
+def resolve_tokenizer(spec: str, texts: Callable[[], Iterable[str]] | None = None,
+                      eot_token: str | None = None) -> Tokenizer:
+    """The tokenizer `--tokenizer=spec` names: gpt2, char (built from `texts`, the whole corpus) or a tokenizer
+    folder or Hub id (loaded by transformers). `eot_token` names the token that separates documents, for a
+    tokenizer that has no end-of-sequence token of its own."""
+    if spec == "gpt2":
+        tokenizer: Tokenizer = get_tokenizer()
+    elif spec == "char":
+        if texts is None:
+            raise NanoGPTError("--tokenizer=char needs the corpus to build its vocabulary")
+        tokenizer = CharTokenizer.from_texts(texts())
+    else:
+        path = Path(spec).expanduser()
+        if path.exists() and not (path.is_dir() and (has_tokenizer(path) or (path / "tokenizer_config.json").is_file())):
+            raise NanoGPTError(f"--tokenizer={spec} is not a tokenizer: pass gpt2, char, a folder holding "
+                               "tokenizer.json (or vocab.json and merges.txt), or a Hugging Face Hub id")
+        if path.is_dir() and is_gpt2_tokenizer(path):
+            tokenizer = get_tokenizer()
+        else:
+            tokenizer = HFTokenizer(path if path.exists() else spec)
+    if eot_token is not None:
+        if not isinstance(tokenizer, HFTokenizer):
+            raise NanoGPTError(f"--eot-token goes with a tokenizer folder or Hub id; --tokenizer={spec} has its own "
+                               "document boundaries")
+        if (found := tokenizer.token_id(eot_token)) is None:
+            raise NanoGPTError(f"--eot-token={eot_token!r} is not a token of {spec}")
+        tokenizer.eot_token = found
+    elif isinstance(tokenizer, HFTokenizer) and tokenizer.eot_token is None:
+        raise NanoGPTError(f"the tokenizer {spec} has no end-of-sequence token to put between documents; name one "
+                           "of its tokens with --eot-token=TOKEN")
+    return tokenizer
+
+
+def tokenizer_record(tokenizer: Tokenizer, spec: str | None = None) -> dict[str, Any]:
+    """The plain-data description of `tokenizer` that manifests and checkpoints carry (see the module doc)."""
+    record: dict[str, Any] = {"n_vocab": tokenizer.n_vocab, "eot_token": tokenizer.eot_token}
+    if is_gpt2(tokenizer):
+        return {"kind": "gpt2", **record}
+    if isinstance(tokenizer, CharTokenizer):
+        return {"kind": "char", **record, "chars": tokenizer.chars}
+    if isinstance(tokenizer, HFTokenizer):
+        text = tokenizer.to_json()
+        return {"kind": "hf", **record, "name": spec or tokenizer.name,
+                "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "json": text}
+    raise TypeError(f"no record for tokenizer {tokenizer!r}")
+
+
+def tokenizer_from_record(record: Any, source: str = "the record") -> Tokenizer:
+    """The tokenizer a record describes (`tokenizer_record`); a record that is not one is one NanoGPTError."""
+    kind = record.get("kind") if isinstance(record, dict) else None
+    if kind == "gpt2":
+        return get_tokenizer()
+    if kind == "char" and isinstance(record.get("chars"), str):
+        return CharTokenizer(record["chars"])
+    if kind == "hf" and isinstance(record.get("json"), str):
+        eot = record.get("eot_token")
+        return HFTokenizer(str(record.get("name", "tokenizer")), record["json"], eot if type(eot) is int else None)
+    raise NanoGPTError(f"{source} does not describe a tokenizer (kind {kind!r}); prepare the dataset again")
+
+
+def same_tokenizer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two records describe the same token ids (the name a tokenizer was loaded by does not matter)."""
+    def identity(r: dict[str, Any]) -> tuple:
+        return (r.get("kind"), r.get("n_vocab"), r.get("eot_token"), r.get("chars"), r.get("sha256"))
+
+    return identity(a) == identity(b)
+
+
+def describe_tokenizer(record: dict[str, Any]) -> str:
+    """A tokenizer in words, for logs, errors and model cards."""
+    kind = record.get("kind")
+    if kind == "gpt2":
+        return "GPT-2's BPE tokenizer (50,257 tokens)"
+    if kind == "char":
+        return f"a character-level tokenizer ({record.get('n_vocab')} characters)"
+    return f"the tokenizer {record.get('name')} ({record.get('n_vocab'):,} tokens)"
+
+
+def tokenizer_spec(record: dict[str, Any]) -> str:
+    """The `--tokenizer` value that names the record's tokenizer (where its dataset is prepared)."""
+    return record["name"] if record.get("kind") == "hf" else str(record.get("kind"))

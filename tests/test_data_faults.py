@@ -113,7 +113,7 @@ def _out_of_vocabulary(path: Path) -> None:
     (lambda p: p.write_bytes(p.read_bytes() + b"\0\0"), "is too long"),
     (lambda p: (p.unlink(), p.mkdir()), "is not a file"),
     (_flip_one_token, "(the file changed after it was prepared)"),
-    (_out_of_vocabulary, "holds token id 65535 at token 5, outside GPT-2's vocabulary of 50257 ids"),
+    (_out_of_vocabulary, "holds token id 65535 at token 5, outside the vocabulary of GPT-2's BPE tokenizer (50,257 tokens)"),
 ], ids=["missing", "truncated", "too-long", "a-folder", "other-bytes-same-size", "token-ids-out-of-vocabulary"])
 def test_a_bad_shard_stops_the_reader_with_one_line_naming_it_and_the_rebuild_command(
         tmp_path: Path, corrupt: Callable[[Path], object], fragment: str) -> None:
@@ -129,7 +129,7 @@ def test_shards_are_hashed_once_and_again_only_when_they_change(tmp_path: Path, 
     directory = split_dir(dataset_dir, corpus, "train")
     scanned: list[str] = []
     scan = shards._scan
-    monkeypatch.setattr(shards, "_scan", lambda path: scanned.append(path.name) or scan(path))
+    monkeypatch.setattr(shards, "_scan", lambda path, *rest: scanned.append(path.name) or scan(path, *rest))
     count = len(list(directory.glob("shard_*.bin")))
     ShardLoader(dataset_dir, corpus, "train", 1, 8)
     assert len(scanned) == count and (directory / VERIFIED).is_file()

@@ -48,7 +48,7 @@ def test_tinyshakespeare_prepares_to_301967_and_36060_tokens_one_document_each(n
     assert len(get_tokenizer().encode_ordinary(text)) == 338_025
     assert train.tolist() == stream_of([text[:cut]]) and validation.tolist() == stream_of([text[cut:]])
     assert result["train"].directory == tmp_path / "tinyshakespeare" / "train"
-    assert result["train"].manifest["tokenizer"] == "gpt2" and result["train"].manifest["split"] == "train"
+    assert result["train"].manifest["tokenizer"]["kind"] == "gpt2" and result["train"].manifest["split"] == "train"
 
 
 def test_long_documents_cut_into_pieces_tokenize_exactly_as_whole(nano_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,7 +170,7 @@ def test_a_failed_export_keeps_the_old_folder_and_leaves_no_temp_files(
 
 
 def test_a_vocabulary_smaller_than_gpt2s_is_refused(tiny_hf_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(NanoGPTError, match="GPT-2 tokenizer"):
+    with pytest.raises(NanoGPTError, match="smaller than its tokenizer's 50257"):
         export_model(load_pretrained(str(tiny_hf_dir)), tmp_path / "export")  # vocab 1000
     assert not (tmp_path / "export").exists()
 

@@ -250,10 +250,14 @@ def test_eval_scores_hellaswag_with_the_folders_tokenizer(spanish_dir: Path, tmp
         evaluate_hellaswag(model, load_hellaswag(hellaswag), "cpu")
 
 
-def test_export_refuses_a_model_with_its_own_tokenizer(spanish_dir: Path, tmp_path: Path) -> None:
-    assert_one_line_error(run_cli("export", f"--pretrained={spanish_dir}", f"--export-dir={tmp_path / 'out'}"),
-                          "tokenizer of its own")
-    assert not (tmp_path / "out").exists()
+def test_a_model_with_its_own_tokenizer_exports_with_it(spanish_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    result = run_cli("export", f"--pretrained={spanish_dir}", f"--export-dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr
+    text = "El perro come la manzana roja."
+    exported, own = AutoTokenizer.from_pretrained(tmp_path / "out"), AutoTokenizer.from_pretrained(spanish_dir)
+    assert exported.encode(text) == own.encode(text) and exported.eos_token_id == own.eos_token_id
 
 
 def test_gpt2s_own_tokenizer_files_or_none_keep_the_offline_gpt2_tokenizer(tiny_hf_gpt2_vocab_dir: Path,

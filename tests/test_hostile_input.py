@@ -317,7 +317,8 @@ CASES: dict[str, Case] = {
             d, w, "train/shard_000000.bin", b"\xff\xff" * ((next(w.split("train").glob("shard_*.bin")).stat().st_size) // 2)))),
         "shard_000000.bin", "prepare_dataset"),
     "train on a split whose manifest is gone": case(
-        lambda w, d: train_args(w, d, f"--dataset-dir={dataset_with(d, w, 'train/manifest.json', None)}"),
+        lambda w, d: train_args(w, d, f"--dataset-dir={dataset_with(d, w, 'train/manifest.json', None)}",
+                                "--no-prepare"),
         "train", "prepare_dataset"),
     "prepare_dataset --dataset that does not exist": case(
         lambda w, d: ["prepare_dataset", f"--dataset={d / 'nope.txt'}", f"--dataset-dir={d / 'ds'}"], "nope.txt"),
@@ -348,7 +349,9 @@ CASES: dict[str, Case] = {
     # --- training runs and their folders -----------------------------------------------------------
     "train --model that does not exist": case(lambda w, d: train_args(w, d, "--model=gpt9"), "gpt9"),
     "train --dtype=fp64": case(lambda w, d: train_args(w, d, "--dtype=fp64"), "--dtype=fp64"),
-    "train --dataset never prepared": case(lambda w, d: train_args(w, d, "--dataset=nothing"), "prepare_dataset"),
+    "train --dataset never prepared": case(lambda w, d: train_args(w, d, "--dataset=nothing", "--no-prepare"),
+                                           "prepare_dataset"),
+    "train --dataset that does not exist": case(lambda w, d: train_args(w, d, "--dataset=nothing"), "matches no files"),
     "train --checkpoint-dir under a file": case(
         lambda w, d: train_args(w, d, f"--checkpoint-dir={write(d / 'f', 'x') / 'run'}"), "--checkpoint-dir",
         "not writable"),

@@ -190,7 +190,7 @@ def _initial_weights() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("args", "fragments"), [
-    (["--dataset=nothing-here"], ["nano-gpt prepare_dataset"]),
+    (["--dataset=nothing-here"], ["matches no files"]),
     (["--total-batch-size=1000"], ["not divisible"]),
     (["--device=cuda"], ["CUDA is not available"]),
     (["--resume=missing.bin"], ["missing.bin", "not found"]),

@@ -108,11 +108,11 @@ def test_a_log_file_that_is_a_folder_fails_at_start(tinyshakespeare_dir: Path, t
     assert_one_line_error(result, "--log-file", "is a folder")
 
 
-def test_a_missing_validation_split_fails_at_start(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
+def test_a_missing_validation_split_fails_at_start_under_no_prepare(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
     dataset_dir = tmp_path / "data"
     (dataset_dir / "tinyshakespeare").mkdir(parents=True)
     os.symlink(tinyshakespeare_dir / "tinyshakespeare" / "train", dataset_dir / "tinyshakespeare" / "train")
-    result = run_cli_here(*_args(dataset_dir, tmp_path / "run"))
+    result = run_cli_here(*_args(dataset_dir, tmp_path / "run"), "--no-prepare")
     assert_one_line_error(result, "validation", "prepare_dataset")
 
 
@@ -285,11 +285,12 @@ def test_more_validation_steps_than_the_split_holds_are_capped_at_one_pass(tinys
                                                                           tmp_path: Path) -> None:
     from nano_gpt.data import ShardLoader
     from nano_gpt.model import GPT
+    from nano_gpt.tokenizer import get_tokenizer
     from nano_gpt.train.evaluator import Evaluator
 
     config = _config(tinyshakespeare_dir, tmp_path, validation_steps=10**12, micro_batch_size=64).resolved()
     model = GPT(PRESETS["gpt2-xxs"])
-    evaluator = Evaluator(config, Runtime(torch.device("cpu"), torch.float32, "test"), model, model)
+    evaluator = Evaluator(config, Runtime(torch.device("cpu"), torch.float32, "test"), model, model, get_tokenizer())
     split = ShardLoader(tinyshakespeare_dir, "tinyshakespeare", "validation", 64, 32)
     assert evaluator.validation_steps == split.steps_per_epoch == 17  # not 10**12 batches, forever
 

@@ -14,6 +14,7 @@ only keeps the field values, so nothing in a file can run code.
 """
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,45 @@ def read_checkpoint_file(path: Path, mmap: bool = False) -> Any:
     if not path.is_file():
         raise NanoGPTError(f"checkpoint {path} not found; pass a checkpoint file ({UNDERSTOOD})")
     return read_torch_file(path, f"a checkpoint ({UNDERSTOOD})", [(PickledGPTConfig, "__main__.GPTConfig")], mmap)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers only: any class or function a file names is refused, so a
+    meta.pkl cannot run code (dicts of ints and strings need no class lookup at all)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
+def nanogpt_meta_path(path: Path, state: dict[str, Any], meta: Path | None) -> Path | None:
+    """Where a nanoGPT checkpoint's meta.pkl is: `meta`, else beside the checkpoint, else where nanoGPT's
+    sample.py looks (data/<the run's dataset>/meta.pkl, from the working directory); None if nowhere."""
+    if meta is not None:
+        return meta
+    config = state.get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    candidates = [path.parent / "meta.pkl"]
+    if isinstance(dataset, str) and dataset and Path(dataset).name == dataset:
+        candidates.append(Path("data") / dataset / "meta.pkl")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def read_nanogpt_meta(path: Path) -> dict[str, Any]:
+    """The character vocabulary of nanoGPT's meta.pkl (`{"vocab_size", "itos", "stoi"}`) as a tokenizer record;
+    read without running code, every entry checked. A file that is not one is one NanoGPTError line."""
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainUnpickler(f).load()
+    except OSError as e:
+        raise NanoGPTError(f"cannot read {path} ({e.strerror or e})") from e
+    except Exception as e:  # noqa: BLE001 - a damaged pickle raises many types
+        raise NanoGPTError(f"{path} is not nanoGPT's meta.pkl of plain data ({e})") from e
+    itos = meta.get("itos") if isinstance(meta, dict) else None
+    if not isinstance(itos, dict) or sorted(itos) != list(range(len(itos))) or not all(
+            isinstance(c, str) and len(c) == 1 for c in itos.values()) or len(set(itos.values())) != len(itos):
+        raise NanoGPTError(f"{path} is not a character-level meta.pkl: its itos is not one character per id 0..N-1")
+    chars = "".join(itos[i] for i in range(len(itos)))
+    return {"kind": "char", "n_vocab": len(chars), "eot_token": None, "chars": chars}
 
 
 def peer_format(state: Any) -> str | None:

@@ -16,7 +16,8 @@ import torch
 
 from nano_gpt.checkpoint import hf_folder
 from nano_gpt.checkpoint.layout import METADATA, checkpoints_in, is_checkpoint_name
-from nano_gpt.checkpoint.peers import UNDERSTOOD, peer_format, peer_model, read_checkpoint_file
+from nano_gpt.checkpoint.peers import (NANOGPT, UNDERSTOOD, nanogpt_meta_path, peer_format, peer_model,
+                                      read_checkpoint_file, read_nanogpt_meta)
 from nano_gpt.config import GPTConfig
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.hub import WEIGHT_FILES, download_model
@@ -36,7 +37,7 @@ HF_FOLDER = "Hugging Face folder"
 TRAIN_STATE: dict[str, type] = {"step": int, "optimizer": dict, "scaler": dict, "loader": dict, "rng": dict,
                                 "train_config": dict}
 OPTIONAL_TRAIN_STATE = ("muon",)  # optimizer states only some runs have (--optimizer=muon)
-_FACTS = ("step", "model_config", "train_config", "run", "metrics")  # the small entries of our checkpoints
+_FACTS = ("step", "model_config", "train_config", "run", "metrics", "tokenizer")  # the small entries of our checkpoints
 _ON_DISK = ("model", "optimizer")  # of a sharded folder, read only once the resuming run's layout exists
 
 
@@ -66,12 +67,17 @@ class Checkpoint:
     run: dict[str, Any] = field(default_factory=dict)  # device, dtype, world_size, nano_gpt_version
     metrics: dict[str, Any] = field(default_factory=dict)  # the latest tokens, losses, HellaSwag accuracy
     train_state: dict[str, Any] | None = None  # only when asked: what `TrainState.load_state_dict` takes
+    # What the token ids mean (`nano_gpt.tokenizer.tokenizer_record`): our runs record their dataset's; a nanoGPT
+    # character-level checkpoint gets it from its meta.pkl. None: GPT-2's, or a Hugging Face folder's own.
+    tokenizer_record: dict[str, Any] | None = None
 
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer that goes with the model: a Hugging Face folder's own when it has one that is not
-        GPT-2's, else GPT-2's (every checkpoint format nano-gpt reads is trained on GPT-2 tokens)."""
-        from nano_gpt.tokenizer import get_tokenizer, load_tokenizer
+        """The tokenizer that goes with the model: the one its run recorded, a Hugging Face folder's own when it
+        has one that is not GPT-2's, else GPT-2's."""
+        from nano_gpt.tokenizer import get_tokenizer, load_tokenizer, tokenizer_from_record
 
+        if self.tokenizer_record is not None:
+            return tokenizer_from_record(self.tokenizer_record, f"checkpoint {self.source}")
         return load_tokenizer(self.source) if self.format == HF_FOLDER else get_tokenizer()
 
 
@@ -96,12 +102,14 @@ def _is_sharded_folder(folder: Path) -> bool:
 
 
 def read_checkpoint(name_or_path: str | Path, *, weights: bool = True, train_state: bool = False,
-                    hub: bool = True) -> Checkpoint:
+                    hub: bool = True, meta: Path | None = None) -> Checkpoint:
     """Read any model file nano-gpt understands, once, and check it: our checkpoint file or sharded folder, the
     seed's, nanoGPT's or build-nanogpt's checkpoint, a Hugging Face folder, or (with `hub`) a Hub repo id.
 
     `weights=False` reads only the shape and the run's facts (cheap); `train_state=True` also reads what
-    resuming needs (only our checkpoints have it). A missing, damaged or foreign file is one NanoGPTError.
+    resuming needs (only our checkpoints have it). `meta` is a nanoGPT character-level checkpoint's meta.pkl
+    (default: beside it, or where nanoGPT's sample.py finds it). A missing, damaged or foreign file is one
+    NanoGPTError.
     """
     path = _local(name_or_path, hub)
     if path.is_dir():
@@ -116,7 +124,7 @@ def read_checkpoint(name_or_path: str | Path, *, weights: bool = True, train_sta
         config = hf_folder.read_folder_config(path)
         model = hf_folder.read_folder(path).float().eval() if weights else None
         return Checkpoint(path, HF_FOLDER, config, model)
-    return _read_file(path, weights, train_state)
+    return _read_file(path, weights, train_state, meta)
 
 
 def load_model(name_or_path: str | Path) -> GPT:
@@ -147,18 +155,27 @@ def _facts(state: dict[str, Any]) -> dict[str, Any]:
         return state[key] if isinstance(state.get(key), dict) else {}
 
     return {"step": step if type(step) is int else None, "train_config": as_dict("train_config"),
-            "run": as_dict("run"), "metrics": as_dict("metrics")}
+            "run": as_dict("run"), "metrics": as_dict("metrics"), "tokenizer_record": state.get("tokenizer") or None}
 
 
-def _read_file(path: Path, weights: bool, train_state: bool) -> Checkpoint:
+def _read_file(path: Path, weights: bool, train_state: bool, meta: Path | None = None) -> Checkpoint:
     state = read_checkpoint_file(path, mmap=not weights and not train_state)  # mapped: only the small parts read
+    fmt = None if _is_ours(state) else peer_format(state)
+    if meta is not None and fmt != NANOGPT:
+        raise NanoGPTError(f"--meta={meta} goes with a karpathy/nanoGPT ckpt.pt; {path} is not one")
     if not _is_ours(state):
-        fmt = peer_format(state)
         if train_state and fmt is not None:
             raise NanoGPTError(f"{path} is a {fmt} checkpoint: it holds a model but not nano-gpt's training state, "
                                f"so it cannot be resumed; fine-tune from it with `nano-gpt train --pretrained={path}`")
         model = peer_model(state, path).float().eval()  # anything else: one line listing the formats
-        return Checkpoint(path, fmt, model.config, model if weights else None)
+        record = None
+        if fmt == NANOGPT and (found := nanogpt_meta_path(path, state, meta)) is not None:
+            record = read_nanogpt_meta(found)  # a character-level run: its vocabulary
+            if record["n_vocab"] > model.config.vocab_size:
+                raise NanoGPTError(f"{found} has {record['n_vocab']} characters but {path} only "
+                                   f"{model.config.vocab_size} token embeddings; is it this run's meta.pkl?")
+            logger.info("%s: character vocabulary of %d from %s", path, record["n_vocab"], found)
+        return Checkpoint(path, fmt, model.config, model if weights else None, tokenizer_record=record)
     resume = _train_state(state, path) if train_state else None  # the structure first: what resuming lacks
     config = _config(state["model_config"], str(path))
     model = model_from_weights(config, state["model"], str(path)).float().eval() if weights or train_state else None

@@ -24,6 +24,9 @@ PretrainedOption = Annotated[
 CheckpointOption = Annotated[Optional[Path], typer.Option(
     help="A checkpoint: nano-gpt's checkpoint_NNNNNN.bin or sharded checkpoint_NNNNNN folder (FSDP), or one of "
          "allenporter/nano-gpt, karpathy/nanoGPT (ckpt.pt) or karpathy/build-nanogpt (model_NNNNN.pt).")]
+MetaOption = Annotated[Optional[Path], typer.Option(
+    help="With a karpathy/nanoGPT character-level ckpt.pt: its meta.pkl (the vocabulary). Default: meta.pkl beside "
+         "the checkpoint, else data/<its dataset>/meta.pkl as nanoGPT's sample.py finds it.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOption = Annotated[str, typer.Option(help=f"Precision: {DTYPE_CHOICES}. auto: bf16 on GPUs that have it (else fp16), "
                                                "fp32 on MPS, and on CPUs whichever measures faster (logged).")]
@@ -33,15 +36,19 @@ QuantizeOption = Annotated[Quantize, typer.Option(help=(
     "keep --dtype); half of bf16's bytes for each token to stream, for a small loss change (docs/benchmarks.md)."))]
 
 
-def read_model(pretrained: str | None, checkpoint: Path | None, default: str | None = "gpt2") -> Checkpoint:
+def read_model(pretrained: str | None, checkpoint: Path | None, default: str | None = "gpt2",
+               meta: Path | None = None) -> Checkpoint:
     """The model file named by --pretrained (which may be a Hub id) or --checkpoint (a local file or folder), at
-    most one, else the `default` pretrained; read by the one reader, `nano_gpt.checkpoint.read_checkpoint`."""
+    most one, else the `default` pretrained; read by the one reader, `nano_gpt.checkpoint.read_checkpoint`
+    (`meta`: a nanoGPT character-level checkpoint's meta.pkl)."""
     if pretrained is not None and checkpoint is not None:
         raise NanoGPTError("pass either --pretrained or --checkpoint, not both")
+    if meta is not None and checkpoint is None:
+        raise NanoGPTError("--meta goes with --checkpoint=ckpt.pt (a karpathy/nanoGPT character-level checkpoint)")
     if pretrained is None and checkpoint is None and default is None:
         raise NanoGPTError("pass --pretrained=NAME_OR_FOLDER or --checkpoint=FILE")
     from nano_gpt.checkpoint import read_checkpoint  # torch: only once a command runs
 
     if checkpoint is not None:
-        return read_checkpoint(checkpoint, hub=False)
+        return read_checkpoint(checkpoint, hub=False, meta=meta)
     return read_checkpoint(pretrained or default)

@@ -14,6 +14,7 @@ from nano_gpt.cli.common import (
     CheckpointOption,
     DeviceOption,
     DtypeOption,
+    MetaOption,
     PretrainedOption,
     QuantizeOption,
     read_model,
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 def eval_model(
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
+    meta: MetaOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     quantize: QuantizeOption = Quantize.none,
@@ -56,7 +58,8 @@ def eval_model(
     from nano_gpt.eval.validation import steps_within_split
     from nano_gpt.memory import check_fits, forward_bytes
     from nano_gpt.runtime import Runtime
-    from nano_gpt.tokenizer import VOCAB_SIZE, is_gpt2
+    from nano_gpt.tokenizer import (CharTokenizer, describe_tokenizer, same_tokenizer, tokenizer_record,
+                                    tokenizer_spec)
 
     batch_size = batch_size if micro_batch_size is None else micro_batch_size
     if tasks is not None:
@@ -66,8 +69,16 @@ def eval_model(
         return
     if limit is not None or num_fewshot is not None:
         raise NanoGPTError("--limit and --num-fewshot go with --tasks")
-    loaded = read_model(pretrained, checkpoint)
+    loaded = read_model(pretrained, checkpoint, meta=meta)
     model, tokenizer = loaded.model, loaded.tokenizer()
+    record = tokenizer_record(tokenizer)
+    if isinstance(tokenizer, CharTokenizer) and hellaswag_samples != 0:
+        # HellaSwag's text holds characters a small character vocabulary lacks, and its scores compare to GPT-2's.
+        if hellaswag_samples is not None or hellaswag_file is not None:
+            raise NanoGPTError(f"HellaSwag needs a tokenizer that encodes any text; this model uses "
+                               f"{describe_tokenizer(record)}: pass --hellaswag-samples=0")
+        logger.info("hellaswag: skipped for a character-level model (%s)", describe_tokenizer(record))
+        hellaswag_samples = 0
     # The same precision decision as validation inside training, so the two val_loss figures agree.
     runtime = Runtime.build(device, dtype, "eval", model.config)
     logger.info("evaluating on %s%s", runtime.describe(), " | int8 weights" if quantize == "int8" else "")
@@ -78,15 +89,17 @@ def eval_model(
     if validation_steps > 0 and dataset is None:
         logger.info("validation loss: skipped; pass --dataset=NAME (prepared by `nano-gpt prepare_dataset`) to measure it")
     elif validation_steps > 0:
-        if not is_gpt2(tokenizer) or model.config.vocab_size < VOCAB_SIZE:
-            raise NanoGPTError("--dataset holds GPT-2 tokens, but this model uses another tokenizer; pass "
-                               "--validation-steps=0, or a model trained on GPT-2's tokens")
         T = sequence_length or model.config.block_size
         if T > model.config.block_size:
             raise NanoGPTError(f"--sequence-length={T} exceeds the model's context of {model.config.block_size} tokens")
         check_fits(forward_bytes(model.config, batch_size, T, runtime.dtype), runtime.device,
                    f"a validation batch of {batch_size:,} x {T} tokens", "lower --batch-size or --sequence-length")
-        loader = ShardLoader(dataset_dir, dataset, "validation", batch_size, T)
+        # The dataset as prepared with the model's own tokenizer (each tokenizer's shards have their own folder).
+        loader = ShardLoader(dataset_dir, dataset, "validation", batch_size, T, tokenizer=tokenizer_spec(record))
+        if not same_tokenizer(record, loader.tokenizer) or model.config.vocab_size < record["n_vocab"]:
+            raise NanoGPTError(f"--dataset={dataset} holds ids of {describe_tokenizer(loader.tokenizer)}, but this "
+                               f"model uses {describe_tokenizer(record)}; pass --validation-steps=0, or a dataset "
+                               "prepared with the model's tokenizer")
         validation_steps = steps_within_split(loader, validation_steps)
 
     hellaswag = None

@@ -5,13 +5,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from nano_gpt.cli.common import CheckpointOption, DeviceOption, PretrainedOption, read_model
+from nano_gpt.cli.common import CheckpointOption, DeviceOption, MetaOption, PretrainedOption, read_model
 from nano_gpt.defaults import DEFAULT_LICENSE, ExportFormat, GgufType
 from nano_gpt.errors import NanoGPTError
 
 
 def export(
     checkpoint: CheckpointOption = None,
+    meta: MetaOption = None,
     pretrained: PretrainedOption = None,
     # A string, not a Path: Path("") is ".", and an empty --export-dir= must be refused, not read as here.
     export_dir: Annotated[str, typer.Option(metavar="FOLDER", help="The folder to write: new or empty, unless --force.")
@@ -37,8 +38,8 @@ def export(
 ) -> None:
     """Export a training checkpoint (or --pretrained weights) as a Hugging Face GPT-2 model folder.
 
-    Writes model.safetensors in OpenAI's GPT-2 layout (vocabulary cut back to 50,257), config.json,
-    generation_config.json, the tokenizer files and a model card, README.md (with training_log.png when
+    Writes model.safetensors in OpenAI's GPT-2 layout (vocabulary cut back to the tokenizer's: 50,257 for GPT-2's), config.json,
+    generation_config.json, the files of the tokenizer the model was trained with (GPT-2's, a character vocabulary, or its own) and a model card, README.md (with training_log.png when
     the run's train_log.jsonl sits beside the checkpoint).
 
     `transformers`, `nano-gpt sample --pretrained=FOLDER` and `hf upload` take the folder as it is;
@@ -54,9 +55,10 @@ def export(
         raise NanoGPTError("--output goes with --format=gguf; a Hugging Face folder is written to --export-dir")
     from nano_gpt.export import export_model, prepare_export_dir
     from nano_gpt.hub import check_repo_id, push_to_hub
-    from nano_gpt.model_card import facts_from_checkpoint, facts_from_pretrained, parse_license, read_model_card
+    from nano_gpt.model_card import (exported_parameters, facts_from_checkpoint, facts_from_pretrained, parse_license,
+                                     read_model_card)
     from nano_gpt.runtime import resolve_device
-    from nano_gpt.tokenizer import is_gpt2
+    from nano_gpt.tokenizer import tokenizer_record
 
     if (private or revision) and push_to_hub_repo is None:
         raise NanoGPTError("--private and --revision go with --push-to-hub=USER/REPO")
@@ -66,14 +68,13 @@ def export(
     card = read_model_card(model_card) if model_card is not None else None
     prepare_export_dir(export_dir, force)  # before a model load that may take minutes
     torch_device = resolve_device(device)
-    loaded = read_model(pretrained, checkpoint, default=None)
-    model = loaded.model
-    if not is_gpt2(loaded.tokenizer()):  # an export ships GPT-2's tokenizer files; this model would need its own
-        raise NanoGPTError(f"{pretrained} has a tokenizer of its own; export writes GPT-2 models (it is already a "
-                           "Hugging Face folder: use it as it is)")
+    loaded = read_model(pretrained, checkpoint, default=None, meta=meta)
+    model, tokenizer = loaded.model, loaded.tokenizer()  # the tokenizer it was trained with goes with it
     facts = facts_from_checkpoint(loaded) if checkpoint is not None else facts_from_pretrained(pretrained, model)
+    facts.tokenizer = tokenizer_record(tokenizer)
+    facts.parameters = exported_parameters(model, tokenizer.n_vocab)
     folder = export_model(model, export_dir, force=force, device=torch_device, facts=facts, model_card=card,
-                          repo_id=push_to_hub_repo, license=license)
+                          repo_id=push_to_hub_repo, license=license, tokenizer=tokenizer)
     files = ", ".join(sorted(p.name for p in folder.iterdir()))
     print(f"exported to {folder}: {files}")
     if push_to_hub_repo is not None:

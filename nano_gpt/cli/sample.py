@@ -12,6 +12,7 @@ from nano_gpt.cli.common import (
     CheckpointOption,
     DeviceOption,
     DtypeOption,
+    MetaOption,
     PretrainedOption,
     QuantizeOption,
     read_model,
@@ -25,9 +26,10 @@ logger = logging.getLogger(__name__)
 
 def sample(
     prompt: Annotated[Optional[list[str]], typer.Argument(help="Text to continue; several words need no quotes. "
-                                                          f"Default: {SAMPLE_PROMPT!r}.", metavar="PROMPT", show_default=False)] = None,
+                                                          f"Default: {SAMPLE_PROMPT!r} (a newline for a character-level model).", metavar="PROMPT", show_default=False)] = None,
     pretrained: PretrainedOption = None,
     checkpoint: CheckpointOption = None,
+    meta: MetaOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     quantize: QuantizeOption = Quantize.none,
@@ -52,7 +54,7 @@ def sample(
     from nano_gpt.generate import for_inference, generate
     from nano_gpt.memory import check_fits, decode_bytes
     from nano_gpt.runtime import Runtime
-    from nano_gpt.tokenizer import check_ids_fit
+    from nano_gpt.tokenizer import CharTokenizer, check_ids_fit
 
     num_sequences = num_sequences if sample_num_sequences is None else sample_num_sequences
     max_length = max_length if sample_max_length is None else sample_max_length
@@ -62,9 +64,10 @@ def sample(
         raise NanoGPTError(f"{flag}={seed} must be between 0 and 2**64 - 1")
     if not math.isfinite(temperature):
         raise NanoGPTError(f"--temperature={temperature} must be a finite number (0 is greedy)")
-    prompt = " ".join(prompt) if prompt else SAMPLE_PROMPT
-    loaded = read_model(pretrained, checkpoint)
+    loaded = read_model(pretrained, checkpoint, meta=meta)
     model, tokenizer = loaded.model, loaded.tokenizer()
+    # A character-level model starts from a newline by default, as nanoGPT's sample.py does.
+    prompt = " ".join(prompt) if prompt else "\n" if isinstance(tokenizer, CharTokenizer) else SAMPLE_PROMPT
     prompt_tokens = tokenizer.encode_ordinary(prompt)
     block_size = model.config.block_size
     if not prompt_tokens:

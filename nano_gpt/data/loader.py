@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nano_gpt.data.shards import SHARD_DTYPE, split_dir, verify_split
+from nano_gpt.data.shards import manifest_tokenizer, shard_dtype, split_dir, verify_split
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.tokenizer import EOT_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +35,21 @@ class ShardLoader:
     """
 
     def __init__(self, dataset_dir: Path, dataset: str, split: str, micro_batch_size: int, sequence_length: int,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1, shuffle: bool = False, seed: int = 0,
+                 tokenizer: str = "gpt2") -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.micro_batch_size, self.sequence_length = micro_batch_size, sequence_length
         self.rank, self.world_size, self.shuffle, self.seed = rank, world_size, shuffle, seed
-        self.manifest = verify_split(dataset_dir, dataset, split)  # fails here, before step 0, on any corruption
+        self.manifest = verify_split(dataset_dir, dataset, split, tokenizer)  # fails here, before step 0, if corrupt
         self.split = split
         # The shards' hashes in order, in short: what a checkpoint records to notice shards changed under it.
         self.fingerprint = hashlib.sha256(" ".join(s["sha256"] for s in self.manifest["shards"]).encode()).hexdigest()[:16]
-        directory = split_dir(dataset_dir, dataset, split)
-        self._shards = [np.memmap(directory / s["file"], dtype=SHARD_DTYPE, mode="r") for s in self.manifest["shards"]]
+        self.tokenizer = manifest_tokenizer(self.manifest)  # the record: what the token ids mean
+        self._eot = self.tokenizer.get("eot_token")  # where documents start, for shuffling; None: one per shard
+        directory = split_dir(dataset_dir, dataset, split, tokenizer)
+        dtype = shard_dtype(self.manifest)
+        self._shards = [np.memmap(directory / s["file"], dtype=dtype, mode="r") for s in self.manifest["shards"]]
         self.total_tokens = sum(len(s) for s in self._shards)
         self._window = micro_batch_size * sequence_length
         self._stride = self._window * world_size  # tokens all ranks read per step
@@ -117,9 +120,9 @@ class ShardLoader:
     def _shuffled_documents(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._documents:
             tokens = self._shards[shard]
-            starts = np.unique(np.concatenate(
-                [[0]] + [np.flatnonzero(tokens[i:i + SCAN_TOKENS] == EOT_TOKEN) + i for i in range(0, len(tokens), SCAN_TOKENS)]
-            ))
+            found = [] if self._eot is None else [np.flatnonzero(tokens[i:i + SCAN_TOKENS] == self._eot) + i
+                                                  for i in range(0, len(tokens), SCAN_TOKENS)]
+            starts = np.unique(np.concatenate([[0]] + found)).astype(np.int64)
             lengths = np.diff(starts, append=len(tokens))
             order = np.random.default_rng([self.seed, self.epoch, shard]).permutation(len(starts))
             if len(self._documents) >= CACHED_SHARDS:

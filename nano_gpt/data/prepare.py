@@ -1,7 +1,10 @@
-"""Tokenize a corpus into GPT-2 token shards, on all cores, resumably, in flat memory.
+"""Tokenize a corpus into token shards, on all cores, resumably, in flat memory.
 
-Each document becomes `<|endoftext|>` followed by `encode_ordinary(text)` (so `<|endoftext|>` written
-inside a document is plain text). The token stream is cut into shards of `tokens_per_shard` tokens,
+The tokenizer is GPT-2's by default, or `char` (the corpus's sorted unique characters, as nanoGPT's
+character-level `prepare.py`), or any tokenizer folder or Hub id (`nano_gpt.tokenizer.resolve_tokenizer`).
+Each document becomes the tokenizer's end-of-text token followed by `encode_ordinary(text)` (so
+`<|endoftext|>` written inside a document is plain text); a character vocabulary has no such token, and its
+documents simply follow each other, as in nanoGPT. The token stream is cut into shards of `tokens_per_shard` tokens,
 documents running across shard boundaries, as in the GPT-2 reproduction.
 
 Documents are streamed: the main process reads them, cuts long ones into pieces (at points where GPT-2's
@@ -45,22 +48,28 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPE, check_shard_sizes,
-                                  load_manifest, shard_name, shard_ok, split_dir, split_lock, write_json_atomic)
+from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPES, check_shard_sizes,
+                                  dtype_for_vocab, is_prepared, load_manifest, shard_name, shard_ok, split_dir,
+                                  split_lock, write_json_atomic)
 from nano_gpt.data.sources import Split, dataset_splits, default_validation_tokens
 from nano_gpt.defaults import DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.files import atomic_write
-from nano_gpt.tokenizer import EOT_TOKEN, VOCAB_SIZE, get_tokenizer
+from nano_gpt.tokenizer import (CharTokenizer, HFTokenizer, Tokenizer, describe_tokenizer, get_tokenizer, is_gpt2,
+                                resolve_tokenizer, tokenizer_from_record, tokenizer_record)
 
 logger = logging.getLogger(__name__)
 
 PIECE_CHARS = 1 << 16  # long documents are cut into pieces of about this size, so one document uses many cores
 BATCH_CHARS = 1 << 18  # characters sent to a worker at a time
 LOG_EVERY_S = 10.0
+LARGE_TOKENS = 1_000_000_000  # a split this large is announced with its size before it is prepared
 
 Batch = list[tuple[int, bool, str]]  # (document index, piece starts the document, text)
 Encoded = tuple[list[tuple[int, int]], np.ndarray]  # ((document index, tokens) per piece, all tokens)
+
+# The tokenizer of the split being written, in this process and (inherited, or set by `_init_worker`) in workers.
+_tokenizer: Tokenizer | None = None
 
 
 @dataclass(frozen=True)
@@ -74,13 +83,18 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _pieces(text: str) -> Iterator[str]:
+def _pieces(text: str, cuttable: bool = True) -> Iterator[str]:
     """`text` in pieces of about PIECE_CHARS, cut only at a space between two letters.
 
     GPT-2's pre-tokenizer always splits there: the letters before end a word (or a contraction) and the
     space starts the next word (` ?\\p{L}+`), so no pre-token spans the cut and BPE, which merges only
     inside pre-tokens, gives the pieces exactly the tokens of the whole text. (`str.isalpha` is \\p{L}.)
+    A character tokenizer may be cut anywhere; another tokenizer's pre-tokenizer is unknown, so its documents
+    are never cut (`cuttable` False).
     """
+    if not cuttable:
+        yield text
+        return
     start = 0
     while len(text) - start > PIECE_CHARS:
         cut = text.find(" ", start + PIECE_CHARS)
@@ -93,11 +107,11 @@ def _pieces(text: str) -> Iterator[str]:
     yield text[start:]
 
 
-def _batches(documents: Iterable[str], first_document: int) -> Iterator[Batch]:
+def _batches(documents: Iterable[str], first_document: int, cuttable: bool = True) -> Iterator[Batch]:
     batch: Batch = []
     chars = 0
     for document, text in enumerate(documents, first_document):
-        for i, piece in enumerate(_pieces(text)):
+        for i, piece in enumerate(_pieces(text, cuttable)):
             batch.append((document, i == 0, piece))
             chars += len(piece)
             if chars >= BATCH_CHARS:
@@ -113,13 +127,15 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker() -> None:
+def _init_worker(record: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
     # A worker whose parent was killed (SIGKILL, the out-of-memory killer) would wait on the task queue
     # forever, keeping the descriptors it inherited, the split's lock among them: leave with the parent.
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    global _tokenizer
     try:
-        get_tokenizer()  # under spawn each worker builds its own (under a second), before the first batch
+        # Under fork the parent's tokenizer is inherited; under spawn each worker builds its own (under a second).
+        _tokenizer = _tokenizer or tokenizer_from_record(record)
     except Exception:  # noqa: BLE001 - raised again by the first batch, where it reaches the user as one line
         pass
 
@@ -127,6 +143,12 @@ def _init_worker() -> None:
 def _encode_ordinary(text: str) -> np.ndarray:
     """`encode_ordinary(text)` as a numpy array (special-token text is plain text), without a list of Python
     ints: about 10% faster. Lone surrogates (valid in JSON, not in UTF-8) become U+FFFD, as in `encode_ordinary`."""
+    if _tokenizer is None:
+        raise NanoGPTError("the tokenizer could not be built in a worker process; run with --num-workers=1 to see why")
+    if isinstance(_tokenizer, CharTokenizer):
+        return _tokenizer.encode_to_numpy(text)
+    if not is_gpt2(_tokenizer):
+        return np.array(_tokenizer.encode_ordinary(text), dtype=np.uint32)
     encoding = get_tokenizer()
     try:
         return encoding.encode_to_numpy(text, disallowed_special=())
@@ -143,7 +165,7 @@ def _encode_batch(batch: Batch) -> Encoded:
     """
     counts: list[tuple[int, int]] = []
     arrays: list[np.ndarray] = []
-    eot = np.array([EOT_TOKEN], dtype=np.uint32)
+    eot = np.array([] if _tokenizer.eot_token is None else [_tokenizer.eot_token], dtype=np.uint32)
     for document, starts_document, text in batch:
         try:
             tokens = _encode_ordinary(text)
@@ -153,8 +175,12 @@ def _encode_batch(batch: Batch) -> Encoded:
             raise NanoGPTError(f"tokenizing document {document:,} (counting from 0) failed: {type(e).__name__}: "
                                f"{e}; run with --debug for the traceback") from e
         arrays += [eot, tokens] if starts_document else [tokens]
-        counts.append((document, len(tokens) + starts_document))
-    return counts, np.concatenate(arrays).astype(SHARD_DTYPE)
+        counts.append((document, len(tokens) + len(eot) * starts_document))
+    return counts, np.concatenate(arrays).astype(_shard_dtype(_tokenizer))
+
+
+def _shard_dtype(tokenizer: Tokenizer) -> np.dtype:
+    return SHARD_DTYPES[dtype_for_vocab(tokenizer.n_vocab)]
 
 
 class _Encoder:
@@ -164,18 +190,22 @@ class _Encoder:
     breaks it with an error, where a `Pool` would wait forever for the lost batch.
     """
 
-    def __init__(self, num_workers: int, start_method: str | None, stack: ExitStack) -> None:
+    def __init__(self, num_workers: int, start_method: str | None, stack: ExitStack, tokenizer: Tokenizer) -> None:
+        global _tokenizer
         self.num_workers, self.start_method, self._stack = num_workers, start_method, stack
         self._pool: ProcessPoolExecutor | None = None
+        _tokenizer = self.tokenizer = tokenizer  # set before the pool starts, so forked workers inherit it
+        self.record = tokenizer_record(tokenizer)
+        self._stack.callback(globals().__setitem__, "_tokenizer", None)
 
     def __call__(self, batches: Iterable[Batch]) -> Iterator[Encoded]:
         if self.num_workers == 1:
             yield from map(_encode_batch, batches)
             return
         if self._pool is None:
-            get_tokenizer()  # built once here, so forked workers inherit it
             context = multiprocessing.get_context(self.start_method)
-            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=context, initializer=_init_worker)
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=context, initializer=_init_worker,
+                                             initargs=(self.record,))
             self._stack.callback(self._pool.shutdown, wait=True, cancel_futures=True)
         pending: deque[Future] = deque()  # a few batches in flight: results come back in order, memory stays bounded
         try:
@@ -213,7 +243,7 @@ class _Progress:
     """
 
     def __init__(self, description: str, total: int | None, completed: int) -> None:
-        self.description, self.completed, self._initial = description, completed, completed
+        self.description, self.completed, self._initial, self._total = description, completed, completed, total
         self._start = self._last_log = time.monotonic()
         console = Console(stderr=True)
         self._bar = None
@@ -234,7 +264,11 @@ class _Progress:
             self._bar.update(self._task, completed=self.completed, rate=self._rate())
         elif time.monotonic() - self._last_log >= LOG_EVERY_S:
             self._last_log = time.monotonic()
-            logger.info("%s: %s tokens, %s tokens/s", self.description, f"{self.completed:,}", f"{self._rate():,.0f}")
+            left = ""
+            if self._total and self._total > self.completed and self._rate() > 0:
+                left = f", about {(self._total - self.completed) / self._rate() / 60:,.0f} min left"
+            logger.info("%s: %s tokens, %s tokens/s%s", self.description, f"{self.completed:,}", f"{self._rate():,.0f}",
+                        left)
 
     def _rate(self) -> float:
         return (self.completed - self._initial) / max(time.monotonic() - self._start, 1e-9)
@@ -255,14 +289,14 @@ class _ProgressLog:
     (a line half-written by a kill, a shard lost with the machine), and rewrites the file clean.
     """
 
-    def __init__(self, directory: Path, options: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, options: dict[str, Any], dtype: np.dtype) -> None:
         self.path = directory / PROGRESS
         self.records: list[dict[str, Any]] = []
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         if lines and _json_or_none(lines[0]) == {"options": options}:
             for line in lines[1:]:
                 record = _json_or_none(line)
-                if not _whole_record(directory, record, len(self.records)):
+                if not _whole_record(directory, record, len(self.records), dtype):
                     break
                 self.records.append(record)
         elif lines:
@@ -294,13 +328,13 @@ def _json_or_none(line: str) -> Any:
         return None
 
 
-def _whole_record(directory: Path, record: Any, index: int) -> bool:
+def _whole_record(directory: Path, record: Any, index: int, dtype: np.dtype) -> bool:
     """Whether `record` is the progress line of shard `index` and that shard is on disk, whole."""
     return (isinstance(record, dict) and record.get("file") == shard_name(index)
             and isinstance(record.get("tokens"), int) and isinstance(record.get("sha256"), str)
             and isinstance(record.get("resume"), list) and len(record["resume"]) == 3
             and all(isinstance(n, int) for n in record["resume"])
-            and shard_ok(directory / record["file"], record["tokens"]))
+            and shard_ok(directory / record["file"], record["tokens"], dtype))
 
 
 class _ShardWriter:
@@ -379,7 +413,9 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
     """Write one split's shards, then its manifest; `stream_cut` is where a stream shared with a sibling split
     was cut when no flag said (recorded, so that the sibling is cut at the same token)."""
     directory.mkdir(parents=True, exist_ok=True)
-    log = _ProgressLog(directory, options)
+    tokenizer = encoder.tokenizer
+    log = _ProgressLog(directory, options, _shard_dtype(tokenizer))
+    has_eot = tokenizer.eot_token is not None
     try:
         writer = _ShardWriter(directory, tokens_per_shard, log)
         last = resume_document, resume_offset, position = log.resume()
@@ -390,8 +426,9 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
         with _Progress(f"{dataset} {name}", split.approx_tokens, done) as progress:
             if end is None or position < end:
                 documents = itertools.islice(split.documents(), resume_document, None)
-                for document, offset, tokens in _token_pieces(encoder(_batches(documents, resume_document))):
-                    text_tokens += len(tokens) - (offset == 0 and len(tokens) > 0)  # not the <|endoftext|>
+                batches = _batches(documents, resume_document, cuttable=not isinstance(tokenizer, HFTokenizer))
+                for document, offset, tokens in _token_pieces(encoder(batches)):
+                    text_tokens += len(tokens) - (has_eot and offset == 0 and len(tokens) > 0)  # not the end-of-text
                     if document == resume_document and offset < resume_offset:  # in a shard of a killed run
                         cut = min(resume_offset - offset, len(tokens))
                         tokens, offset = tokens[cut:], offset + cut
@@ -421,9 +458,9 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
             raise NanoGPTError(f"the corpus is empty: the {name} split of {dataset!r} holds no text")
         raise NanoGPTError(f"the {name} split of {dataset!r} has no tokens: the corpus has {position:,}, all of them "
                            f"in the first {split.skip_tokens:,}, the validation split; lower --validation-tokens")
-    manifest = {"dataset": dataset, "split": name, "tokenizer": "gpt2", "vocab_size": VOCAB_SIZE, "eot_token": EOT_TOKEN,
-                "dtype": "uint16", "options": options, **({} if stream_cut is None else {"cut": stream_cut}),
-                "tokens": total, "shards": shards}
+    manifest = {"dataset": dataset, "split": name, "tokenizer": encoder.record, "eot_token": tokenizer.eot_token,
+                "dtype": dtype_for_vocab(tokenizer.n_vocab), "options": options,
+                **({} if stream_cut is None else {"cut": stream_cut}), "tokens": total, "shards": shards}
     # A shard deleted meanwhile (by hand, by a cleaner) must not end in a manifest that names it.
     check_shard_sizes(directory, manifest, "something changed it while the split was being prepared; run the same "
                                            "command again, which rewrites it")
@@ -441,9 +478,10 @@ def _os_error(e: OSError) -> str:
 def _count_tokens(documents: Iterator[str], encoder: _Encoder, limit: int) -> tuple[int, int]:
     """(tokens, tokens that are text rather than <|endoftext|>) of a stream, counting stops after `limit` tokens."""
     tokens = text = 0
-    for _, encoded in encoder(_batches(documents, 0)):
+    eot = encoder.tokenizer.eot_token
+    for _, encoded in encoder(_batches(documents, 0, cuttable=not isinstance(encoder.tokenizer, HFTokenizer))):
         tokens += len(encoded)
-        text += len(encoded) - int(np.count_nonzero(encoded == EOT_TOKEN))
+        text += len(encoded) - (0 if eot is None else int(np.count_nonzero(encoded == eot)))
         if tokens >= limit:
             break
     return tokens, text
@@ -481,10 +519,13 @@ def _sibling_cut(siblings: list[dict[str, Any]]) -> int | None:
 def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"),
                     dataset_dir: Path = DEFAULT_DATASET_DIR, tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD,
                     validation_tokens: int | None = None, text_column: str = "text", num_workers: int | None = None,
-                    force: bool = False, start_method: str | None = None) -> dict[str, PreparedSplit]:
+                    force: bool = False, start_method: str | None = None, tokenizer: str = "gpt2",
+                    eot_token: str | None = None) -> dict[str, PreparedSplit]:
     """Tokenize `splits` of `dataset` into shards under `dataset_dir`; a finished split is kept unless `force`.
 
-    `dataset` is a `DATASETS` name, `hf:OWNER/NAME[:CONFIG]`, or local files (see `sources.py`).
+    `dataset` is a `DATASETS` name, `hf:OWNER/NAME[:CONFIG]`, or local files (see `sources.py`). `tokenizer` is
+    gpt2, char or a tokenizer folder or Hub id (`nano_gpt.tokenizer.resolve_tokenizer`; `eot_token` names the
+    token between documents where it has none); each tokenizer's shards go to their own folder.
     `validation_tokens` is how many leading tokens go to validation in a corpus that has no validation
     split of its own; by default one shard, and for local files 10% of the corpus, at most one shard
     (found by counting its tokens first, up to ten shards' worth). `start_method` is multiprocessing's
@@ -511,9 +552,20 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
     prepared = {}
     corpus_validation_tokens: int | None = None  # for uncut splits, counted once, when a split must be written
     with ExitStack() as stack:
-        encoder = _Encoder(num_workers or available_cpus(), start_method, stack)
+        encoders: list[_Encoder] = []
+
+        def encoder_once() -> _Encoder:
+            """Built when a split must be written: a char vocabulary reads the whole corpus first."""
+            if not encoders:
+                streams = list({id(s.documents): s.documents for s in sources.values()}.values())
+                chosen = resolve_tokenizer(tokenizer, lambda: itertools.chain.from_iterable(d() for d in streams),
+                                           eot_token)
+                logger.info("tokenizing %s with %s", dataset, describe_tokenizer(tokenizer_record(chosen)))
+                encoders.append(_Encoder(num_workers or available_cpus(), start_method, stack, chosen))
+            return encoders[0]
+
         for name in splits:
-            directory = split_dir(dataset_dir, dataset, name)
+            directory = split_dir(dataset_dir, dataset, name, tokenizer)
             split = sources[name]
             options = {**split.options, "tokens_per_shard": tokens_per_shard}
             try:
@@ -531,14 +583,38 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
                         if corpus_validation_tokens is None:
                             logger.info("counting the tokens of %s to give 10%% of them (at most one shard) to "
                                         "validation; --validation-tokens=N skips this", dataset)
-                            tokens, text = _count_tokens(split.documents(), encoder, limit=10 * tokens_per_shard)
+                            tokens, text = _count_tokens(split.documents(), encoder_once(), limit=10 * tokens_per_shard)
                             if text == 0:
                                 raise NanoGPTError(f"the corpus is empty: {dataset!r} holds no text")
                             corpus_validation_tokens = default_validation_tokens(tokens, tokens_per_shard)
                         split, stream_cut = split.cut(corpus_validation_tokens), corpus_validation_tokens
+                    encoder = encoder_once()
+                    if split.approx_tokens and split.approx_tokens >= LARGE_TOKENS:
+                        # Said before the hours of work start; the progress shows the time left once a rate is measured.
+                        size = split.approx_tokens * _shard_dtype(encoder.tokenizer).itemsize / 1e9
+                        logger.warning("the %s split of %s is about %s tokens: %.1f GB of shards in %s; preparing it "
+                                       "takes hours on a laptop (progress and time left follow)", name, dataset,
+                                       f"{split.approx_tokens:,}", size, directory)
                     manifest = _write_split(dataset, name, split, directory, options, tokens_per_shard, encoder,
                                             stream_cut)
                     prepared[name] = PreparedSplit(directory, manifest, reused=False)
             except OSError as e:  # a read-only or full disk, a file where a folder should be, and the like
                 raise NanoGPTError(f"cannot prepare the {name} split in {directory}: {_os_error(e)}") from e
     return prepared
+
+
+def prepare_missing(dataset: str, splits: Sequence[str], dataset_dir: Path = DEFAULT_DATASET_DIR,
+                    tokenizer: str = "gpt2") -> None:
+    """Prepare those of `splits` that are not prepared yet, exactly as `prepare_dataset` does (its locks, checks
+    and progress), saying so in one log line: what `nano-gpt train` does before its first step.
+
+    Processes that call this at once (torchrun's ranks) take turns under each split's lock: the first prepares
+    it, the others wait and then find it finished.
+    """
+    missing = [s for s in splits if not is_prepared(dataset_dir, dataset, s, tokenizer)]
+    if not missing:
+        return
+    logger.info("dataset %s is not prepared with --tokenizer=%s: preparing its %s split%s in %s first, as "
+                "`nano-gpt prepare_dataset` would (--no-prepare refuses instead)", dataset, tokenizer,
+                " and ".join(missing), "s" * (len(missing) > 1), split_dir(dataset_dir, dataset, "", tokenizer))
+    prepare_dataset(dataset, missing, dataset_dir=dataset_dir, tokenizer=tokenizer)

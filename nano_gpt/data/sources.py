@@ -285,6 +285,17 @@ def _slug(kind: str, identity: str) -> str:
     return f"{kind}-{readable}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
+def dataset_folder(dataset: str, tokenizer: str = "gpt2") -> str:
+    """The folder of `dataset` tokenized by `--tokenizer=tokenizer`: `dataset_slug`, plus `.char` or the
+    tokenizer's own slug for any tokenizer but GPT-2's, so one corpus prepared with two tokenizers keeps both."""
+    if tokenizer == "gpt2":
+        return dataset_slug(dataset)
+    if tokenizer == "char":
+        return f"{dataset_slug(dataset)}.char"
+    path = Path(tokenizer).expanduser()
+    return f"{dataset_slug(dataset)}.{_slug('tok', os.path.abspath(path) if path.exists() else tokenizer)}"
+
+
 def dataset_slug(dataset: str) -> str:
     """The folder of `dataset` under the dataset dir: the name itself for a `DATASETS` name, otherwise
     derived from the Hub name or the absolute path, so the same corpus always lands in the same folder."""

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from nano_gpt.config import PRESETS, GPTConfig
+from nano_gpt.config import PRESETS, SHAPE_FIELDS, GPTConfig
 from nano_gpt.defaults import DEFAULT_DATASET_DIR, DTYPE_CHOICES, DTYPE_NAMES, PARALLELISMS
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.runlog import LOG_FILE
@@ -23,10 +23,13 @@ class PresetRecipe:
     max_lr: float
     warmup_steps: int
     max_steps: int
+    micro_batch_size: int = 16  # sequences per forward pass, unless --micro-batch-size says
 
 
 # gpt2: 2**19 tokens per step, 19,073 steps = 10B tokens, 715 warmup steps, max lr 6e-4 (GPT-3 paper,
-# table 2.1, for the same sizes). Laptop presets use small batches and short schedules.
+# table 2.1, for the same sizes). Laptop presets use small batches and short schedules; baby is nanoGPT's
+# laptop recipe for character-level Shakespeare (batch 12 x 64, lr 1e-3, 100 warmup, 2,000 iterations, min lr
+# 1e-4 = max x 0.1: config/train_shakespeare_char.py with its README's CPU overrides).
 RECIPES: dict[str, PresetRecipe] = {
     "gpt2": PresetRecipe(524_288, 6e-4, 715, 19_073),
     "gpt2-medium": PresetRecipe(524_288, 3e-4, 715, 19_073),
@@ -34,7 +37,9 @@ RECIPES: dict[str, PresetRecipe] = {
     "gpt2-xl": PresetRecipe(1_048_576, 2e-4, 715, 9_537),
     "gpt2-xs": PresetRecipe(32_768, 1e-3, 100, 2_000),
     "gpt2-xxs": PresetRecipe(8_192, 3e-3, 50, 1_000),
+    "baby": PresetRecipe(768, 1e-3, 100, 2_000, micro_batch_size=12),
 }
+SIZE_LIMITS = {"block_size": 1 << 20, "n_layer": 1 << 10, "n_head": 1 << 12, "n_embd": 1 << 16}  # as weights.py's
 
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 
@@ -46,9 +51,14 @@ MUON_TORCH = "2.9"  # the first torch with torch.optim.Muon
 MUON_LR_RATIO = 4.0
 
 
+RECIPE_RULE = ("a shape that is not a preset's trains with the recipe (batch, learning rate, warmup, steps) of the "
+               "preset closest to it in n_layer x n_embd^2")
+
+
 def recipe_for(model_config: GPTConfig) -> str:
     """The preset whose recipe suits a model of this shape: the preset with the same layers, heads and
-    width, else the one closest in size (pretrained models come in many shapes)."""
+    width, else the one closest in size (`RECIPE_RULE`: pretrained models and --n-layer/--n-embd come in many
+    shapes)."""
     def size(c: GPTConfig) -> int:
         return c.n_layer * c.n_embd**2
 
@@ -66,10 +76,19 @@ def _option(default: Any, help: str, **cli: Any) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = _option("gpt2", f"Preset: {', '.join(RECIPES)}.")
+    model: str = _option("gpt2", f"Preset: {', '.join(RECIPES)} (nanoGPT's character-level laptop model).")
+    n_layer: int | None = _option(None, "Layers, over the preset's (a new model only).")
+    n_head: int | None = _option(None, "Attention heads, over the preset's; must divide --n-embd.")
+    n_embd: int | None = _option(None, "Width, over the preset's.")
+    block_size: int | None = _option(None, "Context length, over the preset's.")
     pretrained: str | None = _option(None, "Fine-tune from these weights (gpt2, a Hub id, a folder, or a checkpoint "
                                            "file) instead of a random init; the schedule follows their size.")
-    dataset: str = _option("finewebedu", "A dataset prepared with `nano-gpt prepare_dataset`.")
+    dataset: str = _option("finewebedu", "A dataset: tinyshakespeare, finewebedu, hf:OWNER/NAME or local files, as "
+                                         "`nano-gpt prepare_dataset` takes it; prepared first if it is not yet.")
+    tokenizer: str = _option("gpt2", "The dataset's tokenizer: gpt2, char, or a tokenizer folder or Hub id (as "
+                                     "`prepare_dataset --tokenizer`). A new model's vocabulary is its size.")
+    prepare: bool = _option(True, "Prepare the dataset first when it is not prepared (--no-prepare: refuse instead).",
+                            flag="--prepare/--no-prepare")
     dataset_dir: str = _option(str(DEFAULT_DATASET_DIR), "Where prepared shards live.")
     device: str = _option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     dtype: str = _option("auto", f"{DTYPE_CHOICES}. auto: bf16 on GPUs that have it (else fp16 with a grad "
@@ -82,8 +101,9 @@ class TrainConfig:
     activation_checkpointing: bool = _option(False, "Recompute each block's activations in the backward pass instead "
                                                     "of keeping them: about a third more compute for far less memory.",
                                              flag="--activation-checkpointing/--no-activation-checkpointing")
-    sequence_length: int = _option(1024, "Tokens per training sequence.")
-    micro_batch_size: int = _option(16, "Sequences per forward pass per process.")
+    sequence_length: int | None = _option(None, "Tokens per training sequence (default: the model's context).")
+    micro_batch_size: int | None = _option(None, "Sequences per forward pass per process (default from the recipe: "
+                                                 "16; 12 for baby).")
     total_batch_size: int | None = _option(None, "Tokens per optimizer step (gradient accumulation fills it); "
                                                  "default from the recipe (524,288 for gpt2).")
     max_steps: int | None = _option(None, "Optimizer steps; default from the recipe (19,073 for gpt2: 10B tokens).")
@@ -129,6 +149,15 @@ class TrainConfig:
         """Refuse what cannot train: unknown names, and numbers out of range or not finite."""
         if self.model not in RECIPES and self.pretrained is None:
             raise NanoGPTError(f"unknown model {self.model!r}; choose one of: {', '.join(RECIPES)}")
+        shaped = [f"--{_flag(name)}" for name in SHAPE_FIELDS if getattr(self, name) is not None]
+        if shaped and self.pretrained is not None:
+            raise NanoGPTError(f"{', '.join(shaped)} shape a new model; --pretrained weights keep their own shape")
+        for name in SHAPE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= SIZE_LIMITS[name]:
+                raise NanoGPTError(f"--{_flag(name)}={value} must be between 1 and {SIZE_LIMITS[name]:,}")
+        if self.pretrained is None:
+            self.model_config(64)  # divisibility
         if self.dtype not in DTYPE_NAMES:
             raise NanoGPTError(f"unknown --dtype={self.dtype}; choose {DTYPE_CHOICES}")
         if self.parallelism not in PARALLELISMS:
@@ -179,8 +208,19 @@ class TrainConfig:
         if self.overwrite and self.resume is not None:
             raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
 
-    def resolved(self, recipe: str | None = None) -> "TrainConfig":
-        """Validated, with what was left open filled from `recipe` (default: --model's)."""
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The shape of a new model: --model's preset with the shape flags over it, and `vocab_size` rows."""
+        overrides = {name: getattr(self, name) for name in SHAPE_FIELDS if getattr(self, name) is not None}
+        shape = dataclasses.replace(PRESETS[self.model], **{**overrides, "n_head": 1})  # n_head checked below
+        n_head = overrides.get("n_head", PRESETS[self.model].n_head)
+        if shape.n_embd % n_head:
+            raise NanoGPTError(f"--n-embd={shape.n_embd} is not divisible by --n-head={n_head}; each head takes an "
+                               "equal share of the width")
+        return dataclasses.replace(shape, n_head=n_head, vocab_size=vocab_size)
+
+    def resolved(self, recipe: str | None = None, block_size: int | None = None) -> "TrainConfig":
+        """Validated, with what was left open filled from `recipe` (default: --model's) and the model's context
+        `block_size` (the sequence length)."""
         self.validate()
         defaults = RECIPES[recipe or self.model]
 
@@ -190,6 +230,8 @@ class TrainConfig:
         max_lr = fill(self.max_lr, defaults.max_lr)
         filled = dataclasses.replace(
             self,
+            micro_batch_size=fill(self.micro_batch_size, defaults.micro_batch_size),
+            sequence_length=fill(self.sequence_length, block_size or self.model_config(64).block_size),
             total_batch_size=fill(self.total_batch_size, defaults.total_batch_size),
             max_steps=fill(self.max_steps, defaults.max_steps),
             warmup_steps=fill(self.warmup_steps, defaults.warmup_steps),

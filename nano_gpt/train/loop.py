@@ -20,8 +20,10 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
-from nano_gpt.config import GPTConfig
+from nano_gpt.config import SHAPE_FIELDS, GPTConfig
 from nano_gpt.data import ShardLoader
+from nano_gpt.data.prepare import prepare_missing
+from nano_gpt.data.shards import split_tokenizers
 from nano_gpt.distributed import from_main, torchrun_ranks
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.memory import check_fits, forward_bytes
@@ -29,7 +31,9 @@ from nano_gpt.model import GPT
 from nano_gpt.parallel import parallelize
 from nano_gpt.runtime import Runtime
 from nano_gpt.train import rundir
-from nano_gpt.train.config import RECIPES, TrainConfig, recipe_for
+from nano_gpt.tokenizer import (describe_tokenizer, padded_vocab_size, same_tokenizer, tokenizer_from_record,
+                                tokenizer_record)
+from nano_gpt.train.config import RECIPE_RULE, RECIPES, TrainConfig, recipe_for
 from nano_gpt.train.evaluator import Evaluator
 from nano_gpt.train.metrics import flops_per_token, peak_flops, step_line
 from nano_gpt.train.optim import make_optimizers, require_optimizer, set_lr
@@ -81,13 +85,26 @@ def _read_resume(config: TrainConfig, path: Path) -> Checkpoint:
                            f"{hint}") from e
 
 
-def _initial_model(config: TrainConfig, checkpoint: Checkpoint | None) -> GPT:
+def _initial_model(config: TrainConfig, checkpoint: Checkpoint | None, tokenizer: dict[str, Any]) -> GPT:
     if checkpoint is not None:
         return checkpoint.model.train()
     if config.pretrained is not None:
         return read_checkpoint(config.pretrained).model.train()
     torch.manual_seed(config.seed)  # the same init on every rank
-    return GPT(GPTConfig.from_preset(config.model))
+    return GPT(config.model_config(padded_vocab_size(tokenizer["n_vocab"])))
+
+
+def _data_splits(config: TrainConfig) -> list[str]:
+    return ["train"] + (["validation"] if config.validation_steps > 0 else [])
+
+
+def _check_tokenizer(what: str, model_tokenizer: dict[str, Any], dataset_tokenizer: dict[str, Any],
+                     config: TrainConfig) -> None:
+    """A model learns token ids: training it on ids that mean other text is refused before step 0."""
+    if not same_tokenizer(model_tokenizer, dataset_tokenizer):
+        raise NanoGPTError(f"{what} uses {describe_tokenizer(model_tokenizer)}, but dataset {config.dataset} "
+                           f"(--tokenizer={config.tokenizer}) holds ids of {describe_tokenizer(dataset_tokenizer)}; "
+                           "prepare the dataset with the model's tokenizer")
 
 
 def _check_same_optimizer(checkpoint: Checkpoint, config: TrainConfig) -> None:
@@ -116,11 +133,27 @@ def train(config: TrainConfig) -> TrainResult:
     """Train a GPT as `config` says; under torchrun, each process calls this."""
     config.validate()
     require_optimizer(config.optimizer)
-    # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape.
-    shape = GPTConfig.from_preset(config.model) if config.pretrained is None else read_checkpoint(
-        config.pretrained, weights=False).config
-    recipe = config.model if config.pretrained is None else recipe_for(shape)
-    requested, config = config, config.resolved(recipe)
+    if config.prepare:  # else the loader refuses an unprepared split, naming the command that prepares it
+        # Under torchrun every rank asks: the first to take a split's lock prepares it, the others wait on that
+        # lock and find it finished, all before a process group exists that could time out.
+        prepare_missing(config.dataset, _data_splits(config), Path(config.dataset_dir), config.tokenizer)
+    tokenizer = split_tokenizers(Path(config.dataset_dir), config.dataset, _data_splits(config), config.tokenizer)
+    # Every setting decided before the run folder is touched: a pretrained model's recipe comes from its shape, a
+    # shape given by flags gets the recipe of the preset closest to it (RECIPE_RULE).
+    if config.pretrained is not None:
+        pretrained = read_checkpoint(config.pretrained, weights=False)
+        _check_tokenizer(f"--pretrained={config.pretrained}", tokenizer_record(pretrained.tokenizer()), tokenizer,
+                         config)
+        shape = pretrained.config
+        recipe = recipe_for(shape)
+    else:
+        shape = config.model_config(padded_vocab_size(tokenizer["n_vocab"]))
+        shaped = any(getattr(config, name) is not None for name in SHAPE_FIELDS)
+        recipe = recipe_for(shape) if shaped else config.model
+        if shaped:
+            logger.info("model shape %d layers x %d heads x %d wide, context %d: recipe %s (%s)", shape.n_layer,
+                        shape.n_head, shape.n_embd, shape.block_size, recipe, RECIPE_RULE)
+    requested, config = config, config.resolved(recipe, shape.block_size)
     _check_context(config, shape)
     ranks = torchrun_ranks()  # from torchrun's environment: refused here, before any process group is joined
     config.grad_accum_steps(1 if ranks is None else ranks.world_size)
@@ -129,6 +162,8 @@ def train(config: TrainConfig) -> TrainResult:
         checkpoint = _read_resume(config, run_dir.resume_file) if run_dir.resume_file is not None else None
         if checkpoint is not None:
             _check_same_optimizer(checkpoint, config)
+            _check_tokenizer(f"checkpoint {checkpoint.source}", tokenizer_record(checkpoint.tokenizer()), tokenizer,
+                             config)
         saved_model = checkpoint.train_config.get("model") if checkpoint is not None else None
         if config.pretrained is None and isinstance(saved_model, str) and saved_model in RECIPES \
                 and saved_model != config.model:
@@ -136,12 +171,17 @@ def train(config: TrainConfig) -> TrainResult:
             # and the next checkpoints record it, not a --model that was never trained.
             logger.warning("--model=%s differs from the checkpoint's model %s: resuming %s", config.model,
                            saved_model, saved_model)
-            recipe, config = saved_model, dataclasses.replace(requested, model=saved_model).resolved(saved_model)
-        model = _initial_model(config, checkpoint)
+            recipe, config = saved_model, dataclasses.replace(requested, model=saved_model).resolved(
+                saved_model, checkpoint.config.block_size)
+        model = _initial_model(config, checkpoint, tokenizer)
+        if model.config.vocab_size < tokenizer["n_vocab"]:
+            raise NanoGPTError(f"the model has {model.config.vocab_size:,} token embeddings, fewer than the "
+                               f"{tokenizer['n_vocab']:,} tokens of {describe_tokenizer(tokenizer)} in dataset "
+                               f"{config.dataset}")
         _check_context(config, model.config)  # a resumed checkpoint's model may differ from --model's
         runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
         try:
-            return _Trainer(config, runtime, model, recipe, checkpoint, run_dir).run()
+            return _Trainer(config, runtime, model, recipe, checkpoint, run_dir, tokenizer).run()
         finally:
             runtime.close()
     finally:
@@ -152,7 +192,7 @@ class _Trainer:
     """The run's components, built in order so that everything that can fail does so before step 0."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, model: GPT, recipe: str,
-                 checkpoint: Checkpoint | None, run_dir: rundir.RunDir) -> None:
+                 checkpoint: Checkpoint | None, run_dir: rundir.RunDir, tokenizer: dict[str, Any]) -> None:
         self.config, self.runtime = config, runtime
         self.resume_file = checkpoint.source if checkpoint is not None else None
         self.grad_accum = config.grad_accum_steps(runtime.world_size)
@@ -162,7 +202,7 @@ class _Trainer:
                    "lower --micro-batch-size (accumulation keeps --total-batch-size)")
         loader = ShardLoader(Path(config.dataset_dir), config.dataset, "train", config.micro_batch_size,
                              config.sequence_length, rank=runtime.rank, world_size=runtime.world_size,
-                             shuffle=config.shuffle, seed=config.seed)
+                             shuffle=config.shuffle, seed=config.seed, tokenizer=config.tokenizer)
         model.to(runtime.device)
         self.use_compile = runtime.compiles_by_default if config.compile is None else config.compile
         # Before the optimizer: FSDP replaces the parameters by their shards.
@@ -174,10 +214,11 @@ class _Trainer:
             logger.info("resuming from %s at step %d", checkpoint.source, self.state.step + 1)
             _warn_if_changed(checkpoint.train_config, config)
         self.log = RunLog(Path(config.log_file), checkpoint.step if checkpoint else None) if runtime.is_main else None
-        self.evaluator = Evaluator(config, runtime, model, self.forward, self.log)  # loads its data: may fail
+        self.evaluator = Evaluator(config, runtime, model, self.forward, tokenizer_from_record(tokenizer),
+                                   self.log)  # loads its data: may fail
         n_params = model.num_parameters(exclude_embeddings=True)
         run_info = dict(config=config.to_dict(), model_config=model.config.to_dict(), recipe=recipe,
-                        world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
+                        tokenizer=describe_tokenizer(tokenizer), world_size=runtime.world_size, device=str(runtime.device), dtype=runtime.dtype_name,
                         compile=self.use_compile, n_params=n_params)
         # A missing tracker package or login fails here, before anything is deleted or the log rewritten.
         self.trackers = open_trackers(config.trackers, RunStart(
@@ -210,10 +251,13 @@ class _Trainer:
         if self.log is not None and new_run:
             self.log.write("config", 0, **run_info)
         source = f"pretrained {config.pretrained}" if config.pretrained else config.model
-        logger.info("model %s: %.1fM parameters | recipe %s | %s + %s schedule | %s | compile %s | %d micro-steps of "
-                    "%d x %d tokens per step", source, model.num_parameters() / 1e6, recipe, config.optimizer,
-                    config.lr_schedule, runtime.describe(), self.use_compile, self.grad_accum,
-                    config.micro_batch_size, config.sequence_length)
+        shape = model.config
+        logger.info("model %s: %.1fM parameters (%d layers x %d heads x %d wide, context %d) | %s | recipe %s | "
+                    "%s + %s schedule | %s | compile %s | %d micro-steps of %d x %d tokens per step", source,
+                    model.num_parameters() / 1e6, shape.n_layer, shape.n_head, shape.n_embd, shape.block_size,
+                    describe_tokenizer(self.state.loader.tokenizer), recipe, config.optimizer, config.lr_schedule,
+                    runtime.describe(), self.use_compile, self.grad_accum, config.micro_batch_size,
+                    config.sequence_length)
 
     def _save(self) -> Path | None:
         path = checkpoint_path(Path(self.config.checkpoint_dir), self.state.step, sharded=self.state.sharded)

@@ -11,6 +11,7 @@ A checkpoint is a plain dict of tensors and Python primitives (no pickled object
     muon          Muon's state dict (its momentum buffers), when the run trains with --optimizer=muon
     scaler        the fp16 grad scaler's state dict (disabled: empty)
     loader        the training data position {"epoch", "position"}
+    tokenizer     the dataset's tokenizer record (`nano_gpt.tokenizer.tokenizer_record`): what the ids mean
     rng           {"torch": ByteTensor, "cuda": ByteTensor (on CUDA)}
     run           {"device", "dtype", "world_size", "nano_gpt_version"}: what trained it
     metrics       the latest {"tokens", "train_loss", "val_loss", "hellaswag_acc", "hellaswag_acc_norm"}
@@ -80,6 +81,7 @@ class TrainState:
             **optimizers,
             "scaler": self.scaler.state_dict(),
             "loader": self.loader.state_dict(),
+            "tokenizer": self.loader.tokenizer,
             "rng": self.runtime.rng_state(),
             "run": {"device": str(self.runtime.device), "dtype": self.runtime.dtype_name,
                     "world_size": self.runtime.world_size, "nano_gpt_version": nano_gpt_version()},
