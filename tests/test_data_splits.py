@@ -66,7 +66,11 @@ def test_a_manifest_from_another_tokenizer_is_refused(corpus: Path, tmp_path: Pa
     data = tmp_path / "data"
     split = prepare_dataset(str(corpus), ["train"], dataset_dir=data, validation_tokens=0, num_workers=1)["train"]
     path = split.directory / "manifest.json"
-    for change in ({"tokenizer": "llama"}, {"vocab_size": 32000}, {"eot_token": 2}):
+    record = split.manifest["tokenizer"]
+    for change, message in (({"tokenizer": "llama"}, "not a tokenizer record"),
+                            ({"tokenizer": {**record, "n_vocab": 32000}}, "another tokenizer"),
+                            ({"tokenizer": "gpt2", "vocab_size": 32000}, "another tokenizer"),  # an older manifest
+                            ({"eot_token": 2}, "another tokenizer"), ({"dtype": "uint32"}, "another tokenizer")):
         path.write_text(json.dumps({**split.manifest, **change}))
-        with pytest.raises(NanoGPTError, match="another tokenizer"):
+        with pytest.raises(NanoGPTError, match=message):
             verify_split(data, str(corpus), "train")

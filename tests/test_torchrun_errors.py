@@ -26,7 +26,10 @@ def test_what_the_launch_cannot_do_is_refused_before_a_process_group(tmp_path: P
                                                                       settings: dict, fragment: str) -> None:
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():  # as torchrun sets them
         monkeypatch.setenv(name, value)
-    config = TrainConfig(**{**TINY, **settings}, dataset="nothing-here", checkpoint_dir=str(tmp_path / "run"))
+    corpus = tmp_path / "corpus.txt"  # a real dataset (train prepares it), so only the launch can be refused
+    corpus.write_text("To be, or not to be, that is the question.\n" * 400)
+    config = TrainConfig(**{**TINY, **settings}, dataset=str(corpus), dataset_dir=str(tmp_path / "data"),
+                         checkpoint_dir=str(tmp_path / "run"))
     with pytest.raises(NanoGPTError, match=fragment):
         train(config)
     assert not dist.is_initialized() and not (tmp_path / "run").exists()
@@ -41,5 +44,5 @@ def test_a_refusal_under_torchrun_is_one_line_from_rank_0(tmp_path: Path) -> Non
                              f"--checkpoint-dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "nano-gpt prepare_dataset" in errors[0] and "rank 1" not in errors[0], result.stderr
+    assert len(errors) == 1 and "--dataset=nothing-here matches no files" in errors[0] and "rank 1" not in errors[0], result.stderr
     assert f"traceback : {errors[0]}" in result.stderr  # torchrun's summary shows the line, not a link to its docs
