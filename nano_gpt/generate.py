@@ -127,7 +127,8 @@ def generate(
     each token streams) and optionally quantizes them to int8.
 
     With `use_cache`, the prompt is prefilled once, then each token runs one decode step over the KV
-    cache. `compile` compiles that step once per batch size and cache length (`compiled_decode_step`). It
+    cache. Past the model's context the window slides, as in nanoGPT: each further token is computed from
+    the last `block_size` tokens, without the cache. `compile` compiles that step once per batch size and cache length (`compiled_decode_step`). It
     is off by default because it has not paid where measured: on a CPU the compiled step ran no faster
     than the eager one, after about 40 s of compiling, and at the 124M shape in bf16 it ran 20x slower
     than eager, 6.6x with Inductor's freezing (weights folded in as constants and prepacked for the GEMM;
@@ -137,8 +138,6 @@ def generate(
     B, T = prompt.shape
     total = T + max_new_tokens
     block_size = model.config.block_size
-    if total > block_size:
-        raise ValueError(f"prompt plus new tokens ({total}) exceeds the model's context ({block_size})")
     device = prompt.device
     compile = compile and use_cache
     tokens = torch.empty(B, total, dtype=torch.long, device=device)  # (B, T + new)
@@ -147,13 +146,13 @@ def generate(
     check_every = 1 if device.type == "cpu" else EOS_CHECK_EVERY
     pos = T
     if use_cache:  # only the last position's logits are needed: skip the vocabulary projection elsewhere
-        caches = model.new_kv_caches(B, _cache_length(total, block_size) if compile else total)
-        logits = model.lm_head(model.hidden_states(prompt, caches)[:, -1])  # (B, V)
+        caches = model.new_kv_caches(B, _cache_length(total, block_size) if compile else min(total, block_size))
+        logits = model.lm_head(model.hidden_states(prompt[:, -block_size:], caches)[:, -1])  # (B, V)
         if compile:
             step = compiled_decode_step(device)
             input_pos = torch.tensor([T], device=device)  # advanced in place: no host-to-device copy per token
     else:
-        logits = model(prompt)[0][:, -1]  # (B, V)
+        logits = model(prompt[:, -block_size:])[0][:, -1]  # (B, V)
     while True:
         # Columns past the tokenizer's 50257 are padding (GPTConfig.vocab_size 50304): no text decodes
         # from them, so they are never sampled, and a padded model samples exactly as its export does.
@@ -168,13 +167,13 @@ def generate(
         # Rows that ended keep receiving eos_token, so checking late only decodes a few tokens that are cut.
         if pos == total or (eos_token is not None and (pos - T) % check_every == 0 and bool(finished.all())):
             break
-        if compile:
+        if pos > block_size or not use_cache:  # past the context, nanoGPT's crop: the last block_size tokens
+            logits = model(tokens[:, max(0, pos - block_size):pos])[0][:, -1]
+        elif compile:
             logits = step(model, next_token[:, None], input_pos, caches)
             input_pos += 1
-        elif use_cache:  # eager: attention over the positions written so far only
+        else:  # eager: attention over the positions written so far only
             logits = model(next_token[:, None], caches=caches, input_pos=pos - 1)[0][:, -1]
-        else:
-            logits = model(tokens[:, :pos])[0][:, -1]
     out = []
     for row in tokens[:, :pos].tolist():
         if eos_token is not None and eos_token in row[T:]:

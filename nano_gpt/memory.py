@@ -73,7 +73,7 @@ def decode_bytes(config: GPTConfig, batch: int, prompt_length: int, total_length
     the prompt's activations, each step's logits (and, when `sorts_vocabulary` because no top-k cuts the
     candidates first, their sorted float copies), and the token ids."""
     item = torch.empty((), dtype=dtype).element_size()
-    kv_cache = 2 * config.n_layer * batch * total_length * config.n_embd * item
+    kv_cache = 2 * config.n_layer * batch * min(total_length, config.block_size) * config.n_embd * item
     # q, k, v, attention output, the MLP's 4x hidden and its activation, plus one score matrix per head
     prefill = batch * prompt_length * (14 * config.n_embd * item + config.n_head * prompt_length * 4)
     logits = batch * config.vocab_size * item

@@ -176,8 +176,8 @@ class GPT(nn.Module):
         random generator, as a (B, T + max_new_tokens) tensor; `top_k` keeps the k most likely tokens.
 
         It runs `nano_gpt.generate.generate` (KV cache, no end-of-text stop, GPT-2's 50,257 token ids); call that
-        for top-p, greedy decoding, a seeded generator, another vocabulary or streaming. Unlike nanoGPT's, the
-        context does not slide: T + max_new_tokens must fit in block_size.
+        for top-p, greedy decoding, a seeded generator, another vocabulary or streaming. As in nanoGPT's, past
+        block_size the context slides: each new token sees the last block_size tokens.
         """
         from nano_gpt.generate import generate  # generate.py imports this module
 

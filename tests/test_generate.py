@@ -16,6 +16,21 @@ def test_greedy_tokens_are_identical_with_and_without_kv_cache() -> None:
     assert cached == uncached and all(len(t) == 45 for t in cached)
 
 
+def test_past_the_context_the_window_slides_as_in_nanogpt() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=100, block_size=8)).eval()
+    prompt = torch.randint(0, 100, (2, 3), generator=torch.Generator().manual_seed(1))
+    expected = prompt.clone()
+    with torch.no_grad():
+        for _ in range(17):  # nanoGPT's generate: crop to the last block_size tokens, take the argmax
+            logits = model(expected[:, -8:])[0][:, -1]
+            expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
+    for use_cache in (True, False):
+        assert generate(model, prompt, 17, greedy=True, eos_token=None, use_cache=use_cache) == expected.tolist()
+    long_prompt = expected[:, :12]  # a prompt longer than the context is cropped the same way
+    assert generate(model, long_prompt, 8, greedy=True, eos_token=None) == expected[:, :20].tolist()
+
+
 def test_sampling_is_reproducible_with_a_seeded_generator() -> None:
     model, prompt = _model(), torch.zeros(2, 3, dtype=torch.long)
     a = generate(model, prompt, 20, generator=torch.Generator().manual_seed(3), eos_token=None)

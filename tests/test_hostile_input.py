@@ -170,7 +170,7 @@ CASES: dict[str, Case] = {
     "sample --temperature=inf": case(lambda w, d: [*S, f"--pretrained={w.hf}", "--temperature=inf"],
                                      "--temperature=inf", "finite"),
     "sample --max-length beyond the context": case(lambda w, d: [*S, f"--pretrained={w.hf}", f"--max-length={10**30}"],
-                                                   "exceeds the model's context"),
+                                                   "lower --num-sequences or --max-length"),
     "sample --max-length=-5": case(lambda w, d: [*S, f"--pretrained={w.hf}", "--max-length=-5"], "--max-length=-5"),
     "sample --top-k beyond the vocabulary samples from all of it": case(
         lambda w, d: [*S, f"--pretrained={w.hf}", f"--top-k={10**12}", "--seed=1", "Hi"], "> Hi", exit_code=0),

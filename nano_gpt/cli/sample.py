@@ -34,7 +34,8 @@ def sample(
     dtype: DtypeOption = "auto",
     quantize: QuantizeOption = Quantize.none,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same text on the same device.")] = None,
-    max_length: Annotated[int, typer.Option(help="Total tokens per sequence, prompt included.")] = 30,
+    max_length: Annotated[int, typer.Option(help="Total tokens per sequence, prompt included; past the model's context "
+                                                    "each token sees the last context-length tokens, as in nanoGPT.")] = 30,
     num_sequences: Annotated[int, typer.Option(min=1, help="How many continuations to sample.")] = 5,
     temperature: Annotated[float, typer.Option(min=0.0, help="Softmax temperature; 0 is greedy.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample from the k most likely tokens.")] = 50,
@@ -69,16 +70,11 @@ def sample(
     # A character-level model starts from a newline by default, as nanoGPT's sample.py does.
     prompt = " ".join(prompt) if prompt else "\n" if isinstance(tokenizer, CharTokenizer) else SAMPLE_PROMPT
     prompt_tokens = tokenizer.encode_ordinary(prompt)
-    block_size = model.config.block_size
     if not prompt_tokens:
         raise NanoGPTError("the prompt is empty; pass some text to continue")
     check_ids_fit(prompt_tokens, model.config.vocab_size, tokenizer, "the prompt")
-    if len(prompt_tokens) >= block_size:
-        raise NanoGPTError(f"the prompt is {len(prompt_tokens)} tokens but the model's context is {block_size}; shorten it")
     if max_length <= len(prompt_tokens):
         raise NanoGPTError(f"--max-length={max_length} must be larger than the prompt's {len(prompt_tokens)} tokens")
-    if max_length > block_size:
-        raise NanoGPTError(f"--max-length={max_length} exceeds the model's context of {block_size} tokens; lower it")
     runtime = Runtime.build(device, dtype, "decode", model.config)
     logger.info("sampling on %s", runtime.describe())
     for_inference(model.to(runtime.device), runtime.dtype, quantize)  # each token streams every weight: fewest bytes
