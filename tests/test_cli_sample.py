@@ -47,7 +47,7 @@ def test_single_sequence_streams_the_same_text_as_the_library(tiny_hf_gpt2_vocab
         (["--checkpoint=missing.bin"], ["missing.bin", "not found"]),
         (["--device=cuda"], ["CUDA is not available", "--device=cpu"]),
         (["--max-length=5"], ["--max-length=5", "larger than the prompt"]),
-        (["--max-length=500"], ["context of 128"]),
+        (["--max-length=10000000000"], ["10000000000 tokens", "lower --num-sequences or --max-length"]),
         (["--pretrained=PLACEHOLDER", "--checkpoint=x.bin"], ["not both"]),
     ],
 )
@@ -58,8 +58,11 @@ def test_bad_input_is_a_one_line_error(tiny_hf_gpt2_vocab_dir: Path, args: list[
     assert_one_line_error(run_cli("sample", *args, PROMPT), *fragments)
 
 
-def test_prompt_longer_than_context_is_a_one_line_error(tiny_hf_gpt2_vocab_dir: Path) -> None:
-    assert_one_line_error(run_cli("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "word " * 200), "context is 128")
+def test_a_prompt_longer_than_the_context_is_continued_from_its_last_context_tokens(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    result = run_cli("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--num-sequences=1", "--max-length=210",
+                     "--greedy", "word " * 200)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("> " + "word " * 199 + "word")  # the whole prompt, then its continuation
 
 
 def test_debug_shows_the_traceback(tiny_hf_gpt2_vocab_dir: Path) -> None:

@@ -284,8 +284,8 @@ CASES: dict[str, Case] = {
     "sample --pretrained of a Hub repo, offline": case(lambda w, d: [*S, "--pretrained=nobody/no-such-gpt2"],
                                                         "nobody/no-such-gpt2"),
     "sample an empty prompt": case(lambda w, d: [*S, f"--pretrained={w.hf}", ""], "the prompt is empty"),
-    "sample a prompt longer than the context": case(lambda w, d: [*S, f"--pretrained={w.hf}", "word " * 300],
-                                                    "the model's context is 128"),
+    "sample a prompt longer than the context is cropped, as in nanoGPT": case(
+        lambda w, d: [*S, f"--pretrained={w.hf}", "--max-length=310", "word " * 300], "> word word", exit_code=0),
     "sample with both --pretrained and --checkpoint": case(
         lambda w, d: [*S, f"--pretrained={w.hf}", f"--checkpoint={w.checkpoint}"], "either --pretrained or --checkpoint"),
     "sample --device that does not exist": case(lambda w, d: ["sample", f"--pretrained={w.hf}", "--device=tpu"],

@@ -151,9 +151,10 @@ def test_a_closed_standard_output_is_refused_before_anything_runs(world: dict, t
 
 
 def test_ctrl_c_while_starting_is_a_quiet_exit_130(world: dict) -> None:
-    process = _nano_gpt("sample", f"--checkpoint={world['checkpoint']}", "--device=cpu", "Hello",
-                        stdout=subprocess.DEVNULL)
-    time.sleep(1.0)  # past the interpreter's own start, into loading the CLI, torch or the model
+    # A long sample, so that the signal never meets a command already exiting (torch's exit handlers).
+    process = _nano_gpt("sample", f"--checkpoint={world['checkpoint']}", "--device=cpu", "--max-length=20000",
+                        "--num-sequences=1", "Hello", stdout=subprocess.DEVNULL)
+    time.sleep(0.5)  # past the interpreter's own start, into loading the CLI, torch or the model
     if process.poll() is not None:
         pytest.skip("the command finished before Ctrl-C")
     process.send_signal(signal.SIGINT)
