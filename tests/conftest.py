@@ -171,3 +171,18 @@ def write_hellaswag_file(path: Path, n: int = 4) -> Path:
              "reads a book about ships.", "sings loudly."], "label": i % 4} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def tiny_train_config(tiny: dict, dataset_dir: Path, checkpoint_dir: Path, **overrides: object):
+    """A TrainConfig of the `tiny` settings on a dataset dir and a run folder."""
+    from nano_gpt.train import TrainConfig
+
+    return TrainConfig(**{**tiny, "dataset_dir": str(dataset_dir), "checkpoint_dir": str(checkpoint_dir), **overrides})
+
+
+def tiny_train_args(tiny: dict, dataset_dir: Path, checkpoint_dir: Path, *extra: str) -> list[str]:
+    """The same as `nano-gpt train` arguments; `extra` flags replace the settings they name."""
+    base = {f"--{k.replace('_', '-')}": v for k, v in tiny.items() if k != "compile"}
+    base |= {"--dataset-dir": dataset_dir, "--checkpoint-dir": checkpoint_dir}
+    overridden = {a.split("=")[0] for a in extra}
+    return ["train", "--no-compile", *[f"{k}={v}" for k, v in base.items() if k not in overridden], *extra]

@@ -13,16 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import assert_one_line_error, files_under, run_cli_here
+from conftest import assert_one_line_error, files_under, run_cli_here, tiny_train_args, tiny_train_config
 from nano_gpt import precision, runlog
 from nano_gpt.checkpoint import read_checkpoint, save_checkpoint
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.train import TrainConfig, train
+from nano_gpt.train import train
 from nano_gpt.train import rundir
 
 TINY = dict(model="gpt2-xxs", dataset="tinyshakespeare", device="cpu", sequence_length=32, micro_batch_size=4,
@@ -31,15 +32,8 @@ TINY = dict(model="gpt2-xxs", dataset="tinyshakespeare", device="cpu", sequence_
 DEAD_PID = 99999999  # above any pid_max: no process has it
 
 
-def _config(dataset_dir: Path, checkpoint_dir: Path, **overrides: object) -> TrainConfig:
-    return TrainConfig(**{**TINY, "dataset_dir": str(dataset_dir), "checkpoint_dir": str(checkpoint_dir), **overrides})
-
-
-def _args(dataset_dir: Path, checkpoint_dir: Path, *extra: str) -> list[str]:
-    base = {f"--{k.replace('_', '-')}": v for k, v in TINY.items() if k != "compile"}
-    base |= {"--dataset-dir": dataset_dir, "--checkpoint-dir": checkpoint_dir}
-    overridden = {a.split("=")[0] for a in extra}
-    return ["train", "--no-compile", *[f"{k}={v}" for k, v in base.items() if k not in overridden], *extra]
+_config = functools.partial(tiny_train_config, TINY)
+_args = functools.partial(tiny_train_args, TINY)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 and never lets a non-finite step change the weights."""
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import typer
 from torch import nn
 
-from conftest import assert_one_line_error, files_under, run_cli_here
+from conftest import assert_one_line_error, files_under, run_cli_here, tiny_train_args, tiny_train_config
 from nano_gpt.checkpoint import save_checkpoint
 from nano_gpt.cli import app
 from nano_gpt.cli.train import option_name
@@ -26,15 +27,8 @@ TINY = dict(model="gpt2-xxs", dataset="tinyshakespeare", device="cpu", sequence_
             hellaswag_samples=0, compile=False, dtype="fp32", checkpoint_steps=1000)
 
 
-def _config(dataset_dir: Path, checkpoint_dir: Path, **overrides: object) -> TrainConfig:
-    return TrainConfig(**{**TINY, "dataset_dir": str(dataset_dir), "checkpoint_dir": str(checkpoint_dir), **overrides})
-
-
-def _args(dataset_dir: Path, checkpoint_dir: Path, *extra: str) -> list[str]:
-    base = {f"--{k.replace('_', '-')}": v for k, v in TINY.items() if k != "compile"}
-    base |= {"--dataset-dir": dataset_dir, "--checkpoint-dir": checkpoint_dir}
-    overridden = {a.split("=")[0] for a in extra}
-    return ["train", "--no-compile", *[f"{k}={v}" for k, v in base.items() if k not in overridden], *extra]
+_config = functools.partial(tiny_train_config, TINY)
+_args = functools.partial(tiny_train_args, TINY)
 
 
 @pytest.fixture(scope="module")
