@@ -82,20 +82,8 @@ def _validation_error(e: ValidationError) -> APIError:
     return APIError(400, f"{where}: {first['msg']}" if where else first["msg"], param, "invalid_value")
 
 
-def create_app(batcher: Batcher, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The API over `batcher`'s model; with `api_key`, `/v1/*` requires `Authorization: Bearer KEY`."""
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
-        try:
-            yield
-        finally:
-            batcher.stop()
-
-    app = FastAPI(title="nano-gpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    tokenizer, config = batcher.tokenizer, batcher.model.config
-    created = int(time.time())
-
+def _handle_errors_and_keys(app: FastAPI, api_key: str | None) -> None:
+    """Every error as an OpenAI-style JSON error; with `api_key`, `/v1/*` answers 401 without the key."""
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
         return e.response()
@@ -118,6 +106,59 @@ def create_app(batcher: Batcher, model_name: str, api_key: str | None = None) ->
                 return APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
                                 code="invalid_api_key").response()
         return await call_next(request)
+
+
+def _prompt_ids(tokenizer: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """A request's prompts as token ids: text is encoded, ids pass as given."""
+    if isinstance(prompt, str):
+        return [tokenizer.encode_ordinary(prompt)]
+    if prompt and isinstance(prompt[0], str):
+        return [tokenizer.encode_ordinary(p) for p in prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [list(prompt)]
+    return [list(p) for p in prompt]
+
+
+def _check_request(batcher: Batcher, req: CompletionRequest, prompts: list[list[int]]) -> None:
+    """Refuse what the batcher cannot serve, as a 400 naming the field, before any job is queued."""
+    tokenizer, config = batcher.tokenizer, batcher.model.config
+    if not prompts:
+        raise APIError(400, "the prompt is an empty list", "prompt", "empty_prompt")
+    if len(prompts) > batcher.max_queue:
+        raise APIError(400, f"{len(prompts)} prompts in one request; at most {batcher.max_queue}", "prompt")
+    if req.n > batcher.max_batch_size:
+        raise APIError(400, f"n={req.n} is more than this server decodes at once ({batcher.max_batch_size}; "
+                            "see serve --max-batch-size)", "n")
+    vocab = min(tokenizer.n_vocab, config.vocab_size)
+    for ids in prompts:
+        if not ids:
+            raise APIError(400, "a prompt is empty", "prompt", "empty_prompt")
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise APIError(400, f"token id {min(ids) if min(ids) < 0 else max(ids)} is outside the vocabulary "
+                                f"(0 to {vocab - 1})", "prompt", "invalid_token")
+        if len(ids) + req.max_tokens > config.block_size:
+            raise APIError(400, f"this model's maximum context length is {config.block_size} tokens, but "
+                                f"{len(ids) + req.max_tokens} were requested ({len(ids)} in the prompt, "
+                                f"{req.max_tokens} for the completion)", "max_tokens", "context_length_exceeded")
+    if req.max_tokens == 0 and not req.echo:
+        raise APIError(400, "max_tokens=0 generates nothing; it is for echo with logprobs", "max_tokens")
+
+
+def create_app(batcher: Batcher, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The API over `batcher`'s model; with `api_key`, `/v1/*` requires `Authorization: Bearer KEY`."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="nano-gpt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    tokenizer, config = batcher.tokenizer, batcher.model.config
+    created = int(time.time())
+
+    _handle_errors_and_keys(app, api_key)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -144,8 +185,8 @@ def create_app(batcher: Batcher, model_name: str, api_key: str | None = None) ->
             req = CompletionRequest.model_validate(obj)
         except ValidationError as e:
             raise _validation_error(e) from None
-        prompts = await run_in_threadpool(_prompt_ids, req.prompt)
-        _check(req, prompts)
+        prompts = await run_in_threadpool(_prompt_ids, tokenizer, req.prompt)
+        _check_request(batcher, req, prompts)
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
@@ -175,37 +216,6 @@ def create_app(batcher: Batcher, model_name: str, api_key: str | None = None) ->
 
     def token_text(token: int) -> str:
         return tokenizer.decode_single_token_bytes(token).decode("utf-8", errors="replace")
-
-    def _prompt_ids(prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-        if isinstance(prompt, str):
-            return [tokenizer.encode_ordinary(prompt)]
-        if prompt and isinstance(prompt[0], str):
-            return [tokenizer.encode_ordinary(p) for p in prompt]
-        if prompt and isinstance(prompt[0], int):
-            return [list(prompt)]
-        return [list(p) for p in prompt]
-
-    def _check(req: CompletionRequest, prompts: list[list[int]]) -> None:
-        if not prompts:
-            raise APIError(400, "the prompt is an empty list", "prompt", "empty_prompt")
-        if len(prompts) > batcher.max_queue:
-            raise APIError(400, f"{len(prompts)} prompts in one request; at most {batcher.max_queue}", "prompt")
-        if req.n > batcher.max_batch_size:
-            raise APIError(400, f"n={req.n} is more than this server decodes at once ({batcher.max_batch_size}; "
-                                "see serve --max-batch-size)", "n")
-        vocab = min(tokenizer.n_vocab, config.vocab_size)
-        for ids in prompts:
-            if not ids:
-                raise APIError(400, "a prompt is empty", "prompt", "empty_prompt")
-            if min(ids) < 0 or max(ids) >= vocab:
-                raise APIError(400, f"token id {min(ids) if min(ids) < 0 else max(ids)} is outside the vocabulary "
-                                    f"(0 to {vocab - 1})", "prompt", "invalid_token")
-            if len(ids) + req.max_tokens > config.block_size:
-                raise APIError(400, f"this model's maximum context length is {config.block_size} tokens, but "
-                                    f"{len(ids) + req.max_tokens} were requested ({len(ids)} in the prompt, "
-                                    f"{req.max_tokens} for the completion)", "max_tokens", "context_length_exceeded")
-        if req.max_tokens == 0 and not req.echo:
-            raise APIError(400, "max_tokens=0 generates nothing; it is for echo with logprobs", "max_tokens")
 
     return app
 
