@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class _TensorBoard:
         from torch.utils.tensorboard.summary import hparams
 
         self.logdir = str(start.checkpoint_dir / "tensorboard")  # the run's folder, wherever it is resumed from
+        _after_earlier_event_files(Path(self.logdir))
         self.writer = SummaryWriter(self.logdir, purge_step=start.first_step, flush_secs=10)
         if start.first_step == 0:
             # The HPARAMS tab: settings and model shape, so runs can be compared by them.
@@ -95,6 +97,17 @@ class _TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _after_earlier_event_files(logdir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second its file was
+    opened (then host, pid, a counter): a resumed run's file opened in the second its predecessor's was could
+    be read first, and the purge it carries would not drop the steps the killed run wrote past its checkpoint.
+    Waiting into the next second (a second at most, only where that second is now) keeps the order."""
+    seconds = [int(part) for p in logdir.glob("events.out.tfevents.*")
+               if len(parts := p.name.split(".")) > 3 and (part := parts[3]).isdigit()]
+    if seconds and (wait := max(seconds) + 1 - time.time()) > 0:
+        time.sleep(wait)
 
 
 class _WandB:
