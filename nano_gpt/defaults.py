@@ -40,6 +40,8 @@ class GgufType(str, Enum):
 
 
 PARALLELISMS = ("auto", "ddp", "fsdp")  # --parallelism (see `nano_gpt.parallel`)
+FSDP_FP16 = ("--parallelism=fsdp trains in bf16 or fp32; fp16 would need a loss scaler that agrees across shards. "
+             "Use --dtype=bf16, or --dtype=fp32 on GPUs without bf16, or DDP")
 DEFAULT_DATASET_DIR = Path("dataset_cache")  # where prepared shards live (see `nano_gpt.data.shards`)
 DEFAULT_TOKENS_PER_SHARD = 100_000_000  # 200 MB of uint16: FineWeb-Edu's 10B tokens make about 100 shards
 DEFAULT_LICENSE = "mit"  # of an exported model: GPT-2's own license, and nano-gpt's

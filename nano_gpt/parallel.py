@@ -72,9 +72,6 @@ def _prepare_block(block: nn.Module, compile: bool, activation_checkpointing: bo
 
 
 def _shard(model: GPT, runtime: Runtime) -> None:
-    if runtime.dtype == torch.float16:
-        raise NanoGPTError("--parallelism=fsdp trains in bf16 or fp32; fp16 would need a loss scaler that agrees "
-                           "across shards. Use --dtype=bf16, or --dtype=fp32 on GPUs without bf16, or DDP")
     mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
     policy = MixedPrecisionPolicy()  # fp32: weights gathered and gradients reduced as they are
     if runtime.dtype == torch.bfloat16:

@@ -116,13 +116,14 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    torchrun: bool = False  # started by torchrun: `join` joins its process group
 
     @classmethod
     def build(cls, device: str = "auto", dtype: str = "auto", purpose: Purpose = "train",
-              model_config: GPTConfig | None = None, join_torchrun: bool = False) -> Runtime:
-        """Resolve `--device`/`--dtype`; with `join_torchrun`, a process started by torchrun joins its
-        process group (NCCL on CUDA, gloo on CPU)."""
-        ranks = distributed.torchrun_ranks() if join_torchrun else None
+              model_config: GPTConfig | None = None, torchrun: bool = False) -> Runtime:
+        """Resolve `--device`/`--dtype`; with `torchrun`, for this process's rank and local device (`join` then
+        joins torchrun's process group, once the run's own checks have passed)."""
+        ranks = distributed.torchrun_ranks() if torchrun else None
         torch_device = resolve_device(device, None if ranks is None else ranks.local_rank)
         torch_dtype, reason = resolve_dtype(dtype, torch_device, purpose, model_config)
         if torch_device.type == "cuda":
@@ -131,8 +132,12 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = True
         if ranks is None:
             return cls(torch_device, torch_dtype, reason)
-        distributed.init_process_group(torch_device)
-        return cls(torch_device, torch_dtype, reason, ranks.rank, ranks.local_rank, ranks.world_size)
+        return cls(torch_device, torch_dtype, reason, ranks.rank, ranks.local_rank, ranks.world_size, torchrun=True)
+
+    def join(self) -> None:
+        """Join torchrun's process group (NCCL on CUDA, gloo on CPU), if torchrun started this process."""
+        if self.torchrun:
+            distributed.init_process_group(self.device)
 
     @property
     def is_main(self) -> bool:

@@ -66,7 +66,7 @@ def test_a_half_set_torchrun_environment_is_a_user_error(monkeypatch: pytest.Mon
     monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(NanoGPTError, match="RANK is set but LOCAL_RANK or WORLD_SIZE"):
-        Runtime.build("cpu", "fp32", join_torchrun=True)
+        Runtime.build("cpu", "fp32", torchrun=True)
     assert Runtime.build("cpu", "fp32").world_size == 1  # sample and eval never join a process group
 
 

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.runlog import LOG_FILE
 from nano_gpt.train import TrainConfig, train
 
 TINY = dict(model="gpt2-xxs", device="cpu", dtype="fp32", compile=False, sequence_length=32, micro_batch_size=1,
@@ -33,6 +35,24 @@ def test_what_the_launch_cannot_do_is_refused_before_a_process_group(tmp_path: P
     with pytest.raises(NanoGPTError, match=fragment):
         train(config)
     assert not dist.is_initialized() and not (tmp_path / "run").exists()
+
+
+def test_fsdp_is_refused_before_a_process_group_when_auto_chooses_fp16(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dtype=auto gives fp16 on GPUs without bf16: found out when the runtime is built, still before joining."""
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("nano_gpt.runtime.resolve_dtype", lambda *args: (torch.float16, "auto: a GPU without bf16"))
+    joined = []
+    monkeypatch.setattr("nano_gpt.distributed.init_process_group", joined.append)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 400)
+    config = TrainConfig(**{**TINY, "dtype": "auto"}, total_batch_size=64, parallelism="fsdp", dataset=str(corpus),
+                         dataset_dir=str(tmp_path / "data"), checkpoint_dir=str(tmp_path / "run"))
+    with pytest.raises(NanoGPTError, match="fp16 would need a loss scaler"):
+        train(config)
+    assert joined == [] and not dist.is_initialized()
+    assert not list((tmp_path / "run").glob("*.pt")) and not (tmp_path / "run" / LOG_FILE).exists()
 
 
 def test_a_refusal_under_torchrun_is_one_line_from_rank_0(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nano_gpt.config import PRESETS, SHAPE_FIELDS, GPTConfig
-from nano_gpt.defaults import DEFAULT_DATASET_DIR, DTYPE_CHOICES, DTYPE_NAMES, PARALLELISMS
+from nano_gpt.defaults import DEFAULT_DATASET_DIR, DTYPE_CHOICES, DTYPE_NAMES, FSDP_FP16, PARALLELISMS
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.runlog import LOG_FILE
 from nano_gpt.trackers import DEFAULT_PROJECT, TRACKERS, parse_report_to
@@ -203,8 +203,7 @@ class TrainConfig:
                 raise NanoGPTError(f"--{_flag(name)} is too long for the file system (at most {_NAME_MAX} bytes a "
                                    f"name, {_PATH_MAX} a path)")
         if self.parallelism == "fsdp" and self.dtype == "fp16":  # refused before any process group is joined
-            raise NanoGPTError("--parallelism=fsdp trains in bf16 or fp32; fp16 would need a loss scaler that agrees "
-                               "across shards. Use --dtype=bf16, or --dtype=fp32 on GPUs without bf16, or DDP")
+            raise NanoGPTError(FSDP_FP16)
         if self.overwrite and self.resume is not None:
             raise NanoGPTError("--overwrite starts a new run and --resume continues one; pass only one")
 

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nano_gpt.checkpoint import Checkpoint, checkpoint_path, checkpoints_in, read_checkpoint, save_checkpoint
 from nano_gpt.config import SHAPE_FIELDS, GPTConfig
+from nano_gpt.defaults import FSDP_FP16
 from nano_gpt.data import ShardLoader
 from nano_gpt.data.prepare import prepare_missing
 from nano_gpt.data.shards import split_tokenizers
@@ -179,7 +180,10 @@ def train(config: TrainConfig) -> TrainResult:
                                f"{tokenizer['n_vocab']:,} tokens of {describe_tokenizer(tokenizer)} in dataset "
                                f"{config.dataset}")
         _check_context(config, model.config)  # a resumed checkpoint's model may differ from --model's
-        runtime = Runtime.build(config.device, config.dtype, "train", model.config, join_torchrun=True)
+        runtime = Runtime.build(config.device, config.dtype, "train", model.config, torchrun=True)
+        if config.parallelism == "fsdp" and runtime.dtype == torch.float16:  # --dtype=auto on a GPU without bf16
+            raise NanoGPTError(FSDP_FP16)  # before any process group is joined
+        runtime.join()
         try:
             return _Trainer(config, runtime, model, recipe, checkpoint, run_dir, tokenizer).run()
         finally:
