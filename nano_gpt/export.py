@@ -4,11 +4,9 @@ The folder holds `model.safetensors` in OpenAI's GPT-2 layout (see `nano_gpt.hf`
 `config.json`, `generation_config.json`, the model's tokenizer files (GPT-2's; or a character vocabulary as a
 `tokenizers` BPE with no merges, so `AutoTokenizer` maps each character to its id; or a tokenizer's own
 tokenizer.json) and a model card (`README.md`,
-with `training_log.png` when the run's log is known). It is written to a temp folder next to the
-target and renamed into place at the end, so a failed export leaves no half-written model.
-
-The temp folder's name carries the writer's PID (`.<name>.<pid>.<random>.tmp`): an export killed
-mid-way leaves it behind, and the next export beside it removes it once that process is gone.
+with `training_log.png` when the run's log is known). It is written to a recorded temp folder next to the
+target and renamed into place at the end (`files.replace_folder`), so a failed export leaves no half-written
+model; an export killed mid-way leaves the temp folder, which the next export beside it removes.
 `force` replaces only a folder that holds nothing but a previous export, never the working
 directory, one of its ancestors, the home folder or the filesystem root.
 """
@@ -16,9 +14,6 @@ directory, one of its ancestors, the home folder or the filesystem root.
 from __future__ import annotations
 
 import logging
-import os
-import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import os_error_behind, os_error_message, pid_alive
+from nano_gpt.files import discard_temp, os_error_behind, os_error_message, remove_stale_temps, replace_folder, temp_path
 from nano_gpt.hf import config_to_hf, state_dict_to_hf
 from nano_gpt.model import GPT
 from nano_gpt.model_card import (
@@ -79,7 +74,8 @@ def prepare_export_dir(export_dir: Path | str, force: bool = False) -> Path:
     if blocking is not None:
         raise NanoGPTError(f"cannot write to {export_dir}: {blocking} is a file, not a folder; choose another "
                            "--export-dir")
-    _clean_leftovers(target)
+    for path in remove_stale_temps(target.parent):  # what killed exports (or other writes of ours) left
+        logger.info("removed %s, left by a killed export", path)
     if not export_dir.is_dir():
         return export_dir
     try:
@@ -97,29 +93,6 @@ def prepare_export_dir(export_dir: Path | str, force: bool = False) -> Path:
     if not force:
         raise NanoGPTError(f"{export_dir} holds a previous export; pass --force to replace it, or another --export-dir")
     return export_dir
-
-
-def _clean_leftovers(target: Path) -> None:
-    """Remove the temp folders that killed exports to `target` left beside it.
-
-    A leftover `.old` (an export killed between its two renames) is the previous export: if the
-    target is missing it is put back rather than deleted.
-    """
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[0-9a-f]+\.(tmp|old)")
-    try:
-        entries = list(target.parent.iterdir())
-    except OSError:
-        return  # an unreadable or missing parent is reported when the export writes there
-    for entry in sorted(entries, key=lambda p: p.name.endswith(".tmp")):  # .old first: it may be restored
-        match = pattern.fullmatch(entry.name)
-        if match is None or not entry.is_dir() or entry.is_symlink() or pid_alive(int(match.group(1))):
-            continue
-        if match.group(2) == "old" and not target.exists():
-            logger.warning("restoring %s from %s, left by an export that was killed", target, entry.name)
-            entry.rename(target)
-        else:
-            logger.info("removing %s, left by an export that was killed", entry)
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _write_tokenizer(folder: Path, model_max_length: int, tokenizer: Tokenizer) -> None:
@@ -177,21 +150,6 @@ def _write_card(folder: Path, card: str, plot: Figure | None) -> None:
         plot.savefig(folder / PLOT_FILE)
 
 
-def _swap_into_place(tmp: Path, export_dir: Path) -> None:
-    """Rename the finished folder to `export_dir`; an old one is moved aside first and deleted last."""
-    if not export_dir.exists():
-        tmp.rename(export_dir)
-        return
-    old = tmp.with_suffix(".old")  # tmp's name is unique, so this one is free
-    export_dir.rename(old)
-    try:
-        tmp.rename(export_dir)
-    except OSError:
-        old.rename(export_dir)
-        raise
-    shutil.rmtree(old)
-
-
 def _os_error_message(export_dir: Path, e: OSError, needed: int) -> str:
     """The one-line OS error (a full disk names the space needed), pointing at --export-dir, not the temp folder."""
     message = os_error_message(e, export_dir, needed).replace(f"cannot write {export_dir}", f"cannot write to {export_dir}", 1)
@@ -232,20 +190,22 @@ def export_model(
     plot = training_plot(facts, title=repo_id or target.name)
     card = model_card if model_card is not None else render_model_card(
         facts, name=name, repo_id=repo_id, license=license, plot_file=PLOT_FILE if plot is not None else None)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(target)
         tmp.mkdir()  # unlike tempfile.mkdtemp (0700), this follows the umask, as the final folder should
         _write_model(model, tmp, device, tokenizer)
         _write_tokenizer(tmp, model.config.block_size, tokenizer)
         _write_card(tmp, card, plot)
-        _swap_into_place(tmp, target)
+        replace_folder(tmp, target)
     except Exception as e:  # an OSError, or a writer's own error raised while handling one (a full disk)
         if (os_error := os_error_behind(e)) is None:
             raise
         needed = sum(p.numel() for p in model.parameters()) * 4  # the fp32 weights dominate the folder
         raise NanoGPTError(_os_error_message(export_dir, os_error, needed)) from e
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+        if tmp is not None:
+            discard_temp(tmp)  # gone already once renamed into place
     logger.debug("exported %s", export_dir)
     return export_dir

@@ -2,9 +2,10 @@
 under a temp name only this project makes, recorded so that clean-up removes nothing else; OS errors (a full
 disk, a file-size limit, a read-only mount) as one line; and a process lock that the OS drops when its holder dies.
 
-Each process that makes a temp file records its name first in `.nano-gpt-temps.<pid>` beside it, and drops it
-from the record once the temp is renamed or removed. A record whose process is gone means that process was
-killed: `remove_stale_temps` deletes the temps it names, and never a file or folder no record names,
+Each process that makes a temp file or folder records its name first in `.nano-gpt-temps.<pid>` beside it, and
+drops it from the record once the temp is renamed or removed. A record whose process is gone means that process
+was killed: `remove_stale_temps` deletes the temps it names (and puts back a folder that `replace_folder` had
+moved aside when the kill came before its replacement was in place), and never a file or folder no record names,
 whatever it is called.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -26,10 +28,12 @@ from typing import IO, Any
 from nano_gpt.errors import NanoGPTError
 
 TEMP_MARK = "nano-gpt-tmp"  # in every temp name: .NAME.nano-gpt-tmp.<pid>.<8 hex digits>
-_TEMP = re.compile(rf"\..+\.{TEMP_MARK}\.(\d+)\.[0-9a-f]{{8}}")
+ASIDE_MARK = "nano-gpt-old"  # instead, in the name of a folder moved aside while its replacement is put in place
+_TEMP = re.compile(rf"\.(.+)\.({TEMP_MARK}|{ASIDE_MARK})\.(\d+)\.[0-9a-f]{{8}}")
 _RECORD = re.compile(r"\.nano-gpt-temps\.(\d+)")
 _pending: dict[Path, list[str]] = {}  # folder -> this process's temps there not yet renamed or removed
 _pending_lock = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 def parse_json(raw: bytes | str, where: str, expected: str = "") -> Any:
@@ -63,10 +67,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def temp_path(target: Path) -> Path:
+def temp_path(target: Path, aside: bool = False) -> Path:
     """A new temp name beside `target`, recorded before anything of that name exists; `discard_temp` once it is
-    renamed into place or given up."""
-    tmp = target.with_name(f".{target.name}.{TEMP_MARK}.{os.getpid()}.{secrets.token_hex(4)}")
+    renamed into place or given up. `aside`: the name `replace_folder` moves the old `target` to."""
+    mark = ASIDE_MARK if aside else TEMP_MARK
+    tmp = target.with_name(f".{target.name}.{mark}.{os.getpid()}.{secrets.token_hex(4)}")
     with _pending_lock:
         names = _pending.setdefault(tmp.parent, [])
         names.append(tmp.name)
@@ -107,9 +112,28 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Rename the finished folder `tmp` (a `temp_path`) to `target`. An existing `target` is moved aside to a
+    recorded name first and deleted last: a kill between the two renames leaves it aside, and the next
+    `remove_stale_temps` in the folder puts it back."""
+    if not os.path.lexists(target):
+        os.rename(tmp, target)
+    else:
+        old = temp_path(target, aside=True)
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        discard_temp(old)
+    fsync_folder(target.parent)
+
+
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete the temps that the records of dead processes in `folder` name, then those records; returns what
-    was deleted. A name no record holds is never touched, however much it looks like a temp."""
+    was deleted. A name no record holds is never touched, however much it looks like a temp. A folder a dead
+    process moved aside (`replace_folder`) goes back to its name if nothing has taken that name since."""
     removed = []
     for record in folder.glob(".nano-gpt-temps.*"):
         match = _RECORD.fullmatch(record.name)
@@ -124,7 +148,13 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             continue
         for name in dict.fromkeys(names):
             temp = _TEMP.fullmatch(name)
-            if temp is not None and int(temp.group(1)) == pid and os.path.lexists(folder / name):
+            if temp is None or int(temp.group(3)) != pid or not os.path.lexists(folder / name):
+                continue
+            target = folder / temp.group(1)
+            if temp.group(2) == ASIDE_MARK and not os.path.lexists(target):
+                os.rename(folder / name, target)
+                logger.warning("put back %s, which a killed process had moved aside to replace it", target)
+            else:
                 _remove(folder / name)
                 removed.append(folder / name)
         record.unlink(missing_ok=True)

@@ -151,27 +151,48 @@ def test_a_read_only_parent_folder_is_one_line(open_tmp: Path, tiny_hf_gpt2_voca
     assert list(read_only.iterdir()) == []
 
 
-def test_leftovers_of_dead_exports_are_removed_and_live_ones_kept(work: Path, model: GPT) -> None:
-    export_model(model, "export")  # so the dead export's .old is stale, not the only copy
-    dead, alive = _dead_pid(), os.getppid()
-    leftovers = {f".export.{dead}.0123abcd.tmp": True, f".export.{dead}.4567abcd.old": True,
-                 f".export.{alive}.89abcdef.tmp": False,  # another export still writing
-                 f".other.{dead}.0123abcd.tmp": False}  # not this target's
-    for name in leftovers:
-        (work / name).mkdir()
-        (work / name / "model.safetensors").write_bytes(b"partial")
-    export_model(model, "export", force=True)
-    assert {n for n in leftovers if (work / n).exists()} == {n for n, removed in leftovers.items() if not removed}
-    assert {p.name for p in (work / "export").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+def _temps_of_a_dead_process(target: Path, *kinds: str) -> list[Path]:
+    """Temp folders that a process recorded beside `target` (one per kind: "tmp", or "aside" for a folder
+    moved aside by `replace_folder`) and left behind when it died."""
+    script = ("import os, sys; from pathlib import Path; from nano_gpt.files import temp_path\n"
+              "for kind in sys.argv[2:]:\n"
+              "    t = temp_path(Path(sys.argv[1]), aside=kind == 'aside'); t.mkdir(); print(t)\n"
+              "os._exit(0)")
+    made = subprocess.run([sys.executable, "-c", script, str(target), *kinds], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    return [Path(line) for line in made.stdout.splitlines()]
+
+
+def test_leftovers_of_dead_exports_are_removed_and_nothing_else(work: Path, model: GPT) -> None:
+    export_model(model, "export")  # so the dead export's folder moved aside is stale, not the only copy
+    dead = _temps_of_a_dead_process(work / "export", "tmp", "aside")
+    for folder in dead:
+        (folder / "model.safetensors").write_bytes(b"partial")
+    # Not ours to delete: a live export's temp (this process's), a name in our scheme that no record holds, and
+    # a user's folder that looks like a temp of another scheme.
+    from nano_gpt.files import discard_temp, temp_path
+
+    live = temp_path(work / "export")
+    kept = [live, work / f".export.nano-gpt-tmp.{_dead_pid()}.0123abcd", work / f".export.{_dead_pid()}.0123abcd.tmp"]
+    try:
+        for folder in kept:
+            folder.mkdir()
+        export_model(model, "export", force=True)
+        assert not any(folder.exists() for folder in dead) and all(folder.is_dir() for folder in kept)
+        assert {p.name for p in (work / "export").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    finally:
+        discard_temp(live)
 
 
 def test_an_export_killed_between_its_renames_gets_the_old_folder_back(work: Path, model: GPT) -> None:
     export_model(model, "export")
-    old = work / f".export.{_dead_pid()}.0123abcd.old"
-    (work / "export").rename(old)  # the kill left: no export/, the previous export aside
+    (aside,) = _temps_of_a_dead_process(work / "export", "aside")
+    aside.rmdir()
+    (work / "export").rename(aside)  # the kill left: no export/, the previous export moved aside
     with pytest.raises(NanoGPTError, match="holds a previous export"):
-        export_model(model, "export")  # restored first, then, as ever, replaced only with --force
-    assert not old.exists() and (work / "export" / "model.safetensors").is_file()
+        export_model(model, "export")  # put back first, then, as ever, replaced only with --force
+    assert not aside.exists() and (work / "export" / "model.safetensors").is_file()
+    assert [p.name for p in work.iterdir() if p.name.startswith(".")] == []
 
 
 def test_sigkill_during_export_leaves_a_temp_folder_the_next_export_removes(work: Path, model: GPT,
@@ -179,7 +200,7 @@ def test_sigkill_during_export_leaves_a_temp_folder_the_next_export_removes(work
     child = subprocess.Popen([sys.executable, "-m", "nano_gpt", "export", f"--pretrained={tiny_hf_gpt2_vocab_dir}",
                               "--export-dir=export"], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (temps := list(work.glob(f".export.{child.pid}.*.tmp"))):
+    while not (temps := list(work.glob(f".export.nano-gpt-tmp.{child.pid}.*"))):
         assert child.poll() is None and time.monotonic() < deadline, "the export ended before its temp folder appeared"
         time.sleep(0.005)
     child.send_signal(signal.SIGKILL)

@@ -214,6 +214,42 @@ def quiet_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def test_a_sharded_checkpoint_save_on_a_full_disk_is_one_line_and_keeps_the_previous_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nano_gpt.checkpoint.sharded import save_sharded
+
+    target = tmp_path / "checkpoint_000002"
+    save_sharded(target, {"model": {"w": torch.ones(1000)}, "model_config": {}, "step": 2})
+    before = files_under(tmp_path)
+    monkeypatch.setattr(os, "fsync", _full_disk)  # met inside torch's own writer, which wraps it in its own error
+    with pytest.raises(NanoGPTError) as error:
+        save_sharded(target, {"model": {"w": torch.zeros(1000)}, "model_config": {}, "step": 2})
+    message = str(error.value)
+    assert str(target) in message and "No space left" in message and "needs about 3.9 KiB" in message
+    assert files_under(tmp_path) == before and os.listdir(tmp_path) == [target.name]
+
+
+def test_a_folder_replaced_by_a_process_killed_between_its_renames_is_put_back(tmp_path: Path) -> None:
+    """`replace_folder` moves the old folder aside before renaming the new one in: a kill between the two leaves
+    no folder under the name, and the next clean-up puts the old one back."""
+    target = tmp_path / "checkpoint_000002"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    killed = ("import os, sys; from pathlib import Path; from nano_gpt import files\n"
+              "target = Path(sys.argv[1]); new = files.temp_path(target); new.mkdir()\n"
+              "(new / 'weights').write_text('new'); rename = os.rename\n"
+              "def killed_after_the_first(src, dst): rename(src, dst); os._exit(9)\n"
+              "os.rename = killed_after_the_first\n"
+              "files.replace_folder(new, target)")
+    result = subprocess.run([sys.executable, "-c", killed, str(target)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 9 and not target.exists()
+    from nano_gpt.files import remove_stale_temps
+
+    removed = remove_stale_temps(tmp_path)
+    assert (target / "weights").read_text() == "old" and len(removed) == 1 and "nano-gpt-tmp" in removed[0].name
+    assert os.listdir(tmp_path) == [target.name]
+
+
 @pytest.mark.parametrize("fault", ["cache is a file", "verdicts are a folder", "not JSON", "a JSON list"])
 def test_an_odd_precision_cache_never_stops_a_command(quiet_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture, fault: str) -> None:

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.metadata import StorageMeta
 from nano_gpt.checkpoint.integrity import damage_error, damaged_files, folder_checksums
 from nano_gpt.checkpoint.layout import CHECKSUMS, METADATA, is_sharded
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import discard_temp, fsync_folder, os_error_message, temp_path
+from nano_gpt.files import discard_temp, os_error_behind, os_error_message, replace_folder, temp_path
 
 # What DCP's index pickles: its metadata dataclasses, torch sizes, dtypes and layouts, and a path.
 _INDEX_CLASSES = {
@@ -173,6 +173,17 @@ def load_sharded(path: Path | str, state: dict[str, Any]) -> None:
         dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner())
 
 
+def _tensor_bytes(state: Any) -> int:
+    """The bytes of every tensor in `state` (a DTensor counts whole: all ranks' shards together)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in state)
+    return 0
+
+
 def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
     """Write `state` (DTensors are written by the rank that holds each slice, anything else once) to the folder
     `path`, atomically as a whole. Every rank of the process group calls this."""
@@ -184,9 +195,16 @@ def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
         dist.broadcast_object_list(tmp_name, src=0)
     tmp = path.with_name(tmp_name[0])
     # Returns once every rank's files are written and synced and the coordinator has written the index.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
-        dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+            dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    except CheckpointException as e:  # every rank gets every rank's failures
+        discard_temp(tmp)
+        os_error = next(filter(None, (os_error_behind(failure) for failure, _ in e.failures.values())), None)
+        if os_error is None:
+            raise
+        raise NanoGPTError(os_error_message(os_error, path, _tensor_bytes(state))) from e
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     checksums = folder_checksums(tmp, rank, world_size)  # each rank reads its share of the files
     if distributed:
@@ -199,12 +217,7 @@ def save_sharded(path: Path | str, state: dict[str, Any]) -> None:
                 f.write(json.dumps(checksums, sort_keys=True).encode())
                 f.flush()
                 os.fsync(f.fileno())
-            if path.exists():  # the same step written again (a resumed run overtaking a later checkpoint)
-                old = temp_path(path)
-                os.replace(path, old)
-                discard_temp(old)
-            os.replace(tmp, path)
-            fsync_folder(path.parent)
+            replace_folder(tmp, path)  # replaces the same step written before (a resumed run overtaking it)
         except OSError as e:
             raise NanoGPTError(os_error_message(e, path)) from e
         finally:
