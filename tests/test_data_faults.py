@@ -3,6 +3,7 @@ disk is lost, a corrupt split stops a reader before its first batch, and two pre
 end as one clean run."""
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -292,6 +293,31 @@ def test_file_system_faults_are_one_line_and_keep_what_was_there(tmp_path: Path,
                         num_workers=1)
     assert "\n" not in str(error.value) and fragment in str(error.value), str(error.value)
     assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_a_full_disk_mid_split_is_one_line_and_the_next_run_goes_on_from_the_whole_shards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", documents(20))
+    options = dict(tokens_per_shard=100, validation_tokens=100, num_workers=1, splits=["train"])
+    clean = prepare_dataset(str(corpus), dataset_dir=tmp_path / "clean", **options)["train"].manifest
+    assert len(clean["shards"]) >= 3
+    fsync = os.fsync
+
+    def full_at_the_second_shard(fd: int) -> None:
+        if ".shard_000001.bin." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_at_the_second_shard)
+    with pytest.raises(NanoGPTError) as error:
+        prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", **options)
+    message = str(error.value)
+    assert "\n" not in message and "No space left" in message and "free there" in message and "goes on" in message
+    train = split_dir(tmp_path / "ds", str(corpus), "train")
+    assert sorted(os.listdir(train)) == ["progress.jsonl", "shard_000000.bin"]  # no temp, no record of one
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", **options)["train"].manifest["shards"] == \
+        clean["shards"]
 
 
 def test_an_unwritable_dataset_dir_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

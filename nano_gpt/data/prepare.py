@@ -12,17 +12,19 @@ pre-tokenizer splits anyway, so the tokens are those of the whole text), and sen
 a worker pool, keeping a few batches in flight and taking results back in order. Memory is bounded
 by those batches, whatever the corpus size.
 
-Crash safety: a shard is written to a temp name, fsynced and renamed; then a line recording it and the
+Crash safety: a shard is written to a recorded temp (`files.temp_path`), fsynced and renamed; then a line recording it and the
 stream position after it is appended to `progress.jsonl`. A rerun resumes after the last recorded shard,
 rewriting whatever came after, and the manifest is written last, once every shard it names is checked to
-be on disk. The result does not depend on where runs were killed, nor on the number of workers or the
+be on disk; the temps of killed runs are removed then. A full disk stops the run with one line and keeps the
+whole shards, so the same command goes on when there is room. The result does not depend on where runs were killed, nor on the number of workers or the
 start method.
 
 Concurrency: a process holds the split's lock (`shards.split_lock`) while it prepares the split, so a
 second run on the same split waits, then finds it finished (or prepared with other options: one error
-line). Temp names hold the process id.
+line).
 """
 
+import errno
 import hashlib
 import itertools
 import json
@@ -42,19 +44,19 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nano_gpt.data.shards import (DEFAULT_DATASET_DIR, MANIFEST, PROGRESS, SHARD_DTYPES, check_shard_sizes,
-                                  dtype_for_vocab, is_prepared, load_manifest, shard_name, shard_ok, split_dir,
+                                  dtype_for_vocab, is_prepared, is_shard_name, load_manifest, shard_name, shard_ok, split_dir,
                                   split_lock, write_json_atomic)
 from nano_gpt.data.sources import Split, dataset_splits, default_validation_tokens
 from nano_gpt.defaults import DEFAULT_TOKENS_PER_SHARD
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import atomic_write
+from nano_gpt.files import atomic_write, discard_temp, os_error_message, remove_stale_temps, temp_path
 from nano_gpt.tokenizer import (CharTokenizer, HFTokenizer, Tokenizer, describe_tokenizer, get_tokenizer, is_gpt2,
                                 resolve_tokenizer, tokenizer_from_record, tokenizer_record)
 
@@ -338,11 +340,12 @@ def _whole_record(directory: Path, record: Any, index: int, dtype: np.dtype) -> 
 
 
 class _ShardWriter:
-    """Streams tokens into `tokens_per_shard`-token shards, each written to a temp name, fsynced, renamed."""
+    """Streams tokens into `tokens_per_shard`-token shards, each written to a recorded temp, fsynced, renamed."""
 
     def __init__(self, directory: Path, tokens_per_shard: int, log: _ProgressLog) -> None:
         self.directory, self.tokens_per_shard, self.log = directory, tokens_per_shard, log
-        self._file = None
+        self._file: IO[bytes] | None = None
+        self._tmp: Path | None = None
         self._count = 0
         self._digest = hashlib.sha256()
 
@@ -351,7 +354,8 @@ class _ShardWriter:
         i = 0
         while i < len(tokens):
             if self._file is None:
-                self._file = open(self._tmp_path(), "wb")
+                self._tmp = temp_path(self.directory / shard_name(len(self.log.records)))
+                self._file = open(self._tmp, "wb")
                 self._count, self._digest = 0, hashlib.sha256()
             n = min(len(tokens) - i, self.tokens_per_shard - self._count)
             data = tokens[i:i + n].tobytes()
@@ -363,24 +367,33 @@ class _ShardWriter:
                 self.close_shard((document, offset + i, position + i))
 
     def close_shard(self, resume: tuple[int, int, int]) -> None:
-        if self._file is None:
+        if self._file is None or self._tmp is None:
             return
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
         name = shard_name(len(self.log.records))
-        os.replace(self._tmp_path(), self.directory / name)
+        os.replace(self._tmp, self.directory / name)
+        discard_temp(self._tmp)
+        self._tmp = None
         self.log.append({"file": name, "tokens": self._count, "sha256": self._digest.hexdigest(), "resume": resume})
 
-    def _tmp_path(self) -> Path:
-        return self.directory / f".{shard_name(len(self.log.records))}.{os.getpid()}.tmp"
+    def abandon(self) -> None:
+        """Drop the shard being written (the run failed or was stopped): the finished ones stay for a resume."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tmp is not None:
+            discard_temp(self._tmp)
+            self._tmp = None
 
 
 def _clean(directory: Path, keep: set[str]) -> None:
-    """Remove temp files, the progress log, and shards an earlier run left that are not in `keep`."""
+    """Remove the temps of killed runs, the progress log, and shards an earlier run left that are not in `keep`."""
+    remove_stale_temps(directory)
     for path in directory.iterdir():
-        if path.name.endswith(".tmp") or path.name == PROGRESS or (path.suffix == ".bin" and path.name not in keep):
+        if path.name == PROGRESS or (is_shard_name(path.name) and path.name not in keep):
             path.unlink()
 
 
@@ -416,8 +429,8 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
     tokenizer = encoder.tokenizer
     log = _ProgressLog(directory, options, _shard_dtype(tokenizer))
     has_eot = tokenizer.eot_token is not None
+    writer = _ShardWriter(directory, tokens_per_shard, log)
     try:
-        writer = _ShardWriter(directory, tokens_per_shard, log)
         last = resume_document, resume_offset, position = log.resume()
         end = None if split.max_tokens is None else split.skip_tokens + split.max_tokens
         done = sum(r["tokens"] for r in log.records)
@@ -446,6 +459,7 @@ def _write_split(dataset: str, name: str, split: Split, directory: Path, options
                         break
             writer.close_shard(last)  # the last, partial shard
     finally:
+        writer.abandon()
         log.close()
     shards = [{key: r[key] for key in ("file", "tokens", "sha256")} for r in log.records]
     total = sum(s["tokens"] for s in shards)
@@ -599,6 +613,9 @@ def prepare_dataset(dataset: str, splits: Sequence[str] = ("train", "validation"
                                             stream_cut)
                     prepared[name] = PreparedSplit(directory, manifest, reused=False)
             except OSError as e:  # a read-only or full disk, a file where a folder should be, and the like
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the shards written so far stay: a resume
+                    raise NanoGPTError(f"the {name} split: {os_error_message(e, directory)}; the same command then "
+                                       "goes on from the last whole shard") from e
                 raise NanoGPTError(f"cannot prepare the {name} split in {directory}: {_os_error(e)}") from e
     return prepared
 

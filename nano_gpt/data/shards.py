@@ -40,6 +40,7 @@ PROGRESS = "progress.jsonl"  # only while a split is being prepared
 VERIFIED = ".verified.json"
 SCAN_BYTES = 1 << 24  # verification reads shards in chunks this size (even: whole tokens)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHARD_NAME = re.compile(r"shard_\d{6,}\.bin")
 
 
 def split_dir(dataset_dir: Path, dataset: str, split: str, tokenizer: str = "gpt2") -> Path:
@@ -69,6 +70,11 @@ def manifest_tokenizer(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def shard_name(index: int) -> str:
     return f"shard_{index:06d}.bin"
+
+
+def is_shard_name(name: str) -> bool:
+    """Whether `name` is one `shard_name` gives: the only files besides its records that a split folder holds."""
+    return _SHARD_NAME.fullmatch(name) is not None
 
 
 def prepare_command(dataset: str, split: str, dataset_dir: Path, tokenizer: str = "gpt2") -> str:
