@@ -43,7 +43,9 @@ def _global_options(
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+    # Under torchrun rank 0 speaks for the run from the start: the others' INFO lines would repeat each of its.
+    level = logging.DEBUG if debug else logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # Libraries' retry chatter would bury our one-line errors; --debug shows it.
     for noisy in ("urllib3", "httpx", "httpx2", "httpcore", "filelock", "fsspec", "huggingface_hub", "datasets", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
@@ -209,13 +211,21 @@ def _error(message: str, exit_code: int = 1) -> NoReturn:
     the launcher then stops the others (SIGTERM), which exit quietly with the same code. A rank whose error
     rank 0 did not meet (its launcher did not stop it within the wait) still tells it, naming its rank."""
     rank = os.environ.get("RANK", "0")
+    line = f"error: {_one_line(message)}"
     if rank != "0":
+        _torchrun_error_file(line)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(exit_code))
         time.sleep(OTHER_RANKS_WAIT_S)
-        message = f"rank {rank}: {message}"
-    line = f"error: {_one_line(message)}"
+        line = f"error: {_one_line(f'rank {rank}: {message}')}"
     print(line, file=sys.stderr)
-    if error_file := os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then shows it, not a link
-        with contextlib.suppress(OSError):
-            Path(error_file).write_text(json.dumps({"message": line, "timestamp": int(time.time())}))
+    _torchrun_error_file(line)
     sys.exit(exit_code)
+
+
+def _torchrun_error_file(line: str) -> None:
+    """Put the line where torchrun's failure summary reads a worker's error (else it shows a link to its docs),
+    in the structured form it expects (`torch.distributed.elastic` warns about any other)."""
+    if error_file := os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        record = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
+        with contextlib.suppress(OSError):
+            Path(error_file).write_text(json.dumps({"message": record}))
