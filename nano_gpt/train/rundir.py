@@ -10,7 +10,6 @@ only once every check that can fail has passed. Temps that killed processes reco
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 from nano_gpt.checkpoint import checkpoints_in, latest_checkpoint
 from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.files import LockedError, ProcessLock, remove_stale_temps
+from nano_gpt.files import LockedError, ProcessLock, discard_temp, remove_stale_temps, temp_path
 from nano_gpt.runlog import is_run_log
 from nano_gpt.train.config import TrainConfig
 
@@ -36,23 +35,28 @@ def _os_reason(e: OSError) -> str:
 def probe_writable_folder(folder: Path, flag: str) -> None:
     """Create `folder` and write, sync and delete a file in it: permissions alone do not tell (read-only
     mounts, full disks, ACLs), and a run must not train for hours and then fail at its first save."""
-    probe = folder / f".nano-gpt-probe.{os.getpid()}"
+    probe = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"probe")
-            f.flush()
-            os.fsync(f.fileno())
-    except (FileExistsError, NotADirectoryError) as e:
-        raise NanoGPTError(f"{flag}={folder} is not writable: {e.filename or folder} is a file, not a folder") from e
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)  # a full disk can fail the write after creating the file
-        raise NanoGPTError(f"{flag}={folder} is not writable ({_os_reason(e)}: {e.filename or folder})") from e
-    try:
-        probe.unlink()
-    except OSError as e:
-        raise NanoGPTError(f"{flag}={folder}: cannot delete files in it ({_os_reason(e)})") from e
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = temp_path(folder / "nano-gpt-probe")  # recorded: what a kill leaves here, the next run removes
+            with open(probe, "wb") as f:
+                f.write(b"probe")
+                f.flush()
+                os.fsync(f.fileno())  # a full disk can fail here, after the file was created
+        except (FileExistsError, NotADirectoryError) as e:
+            raise NanoGPTError(f"{flag}={folder} is not writable: {e.filename or folder} is a file, not a "
+                               "folder") from e
+        except OSError as e:
+            where = folder if e.filename is None or Path(e.filename).parent == folder else e.filename
+            raise NanoGPTError(f"{flag}={folder} is not writable ({_os_reason(e)}: {where})") from e
+        try:
+            probe.unlink()
+        except OSError as e:
+            raise NanoGPTError(f"{flag}={folder}: cannot delete files in it ({_os_reason(e)})") from e
+    finally:
+        if probe is not None:
+            discard_temp(probe)
 
 
 def probe_writable_file(path: Path, flag: str) -> None:
