@@ -116,6 +116,27 @@ def test_sigkill_after_a_sharded_checkpoint_then_resume_continues_identically(ki
     assert latest_checkpoint(run["folder"]).name == "checkpoint_000005"
 
 
+def test_a_damaged_shard_of_the_other_rank_stops_a_torchrun_resume_in_one_line(killed_and_resumed: dict,
+                                                                               tmp_path: Path) -> None:
+    """Rank 1's shard of the newest checkpoint has a flipped bit: the launch stops before step 0 with one line,
+    from rank 0, naming the folder and the older checkpoint that --resume can take."""
+    folder = Path(shutil.copytree(killed_and_resumed["folder"], tmp_path / "run"))
+    shard = folder / "checkpoint_000005" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    run = dataclasses.replace(killed_and_resumed["config"], checkpoint_dir=str(folder), resume="auto", max_steps=8)
+    proc = _torchrun(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=300)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1, err[-3000:]
+    assert "checkpoint_000005" in errors[0] and "damaged" in errors[0] and "checkpoint_000004" in errors[0]
+    assert "rank 1" not in errors[0]
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if not p.name.endswith("lock")} == \
+        {p: t for p, t in before.items() if not p.name.endswith("lock")}
+
+
 def test_a_two_rank_checkpoint_resumes_in_one_process_and_exports_to_hugging_face(
         one_process: tuple, killed_and_resumed: dict, tmp_path: Path) -> None:
     from transformers import GPT2LMHeadModel
