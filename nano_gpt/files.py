@@ -31,6 +31,7 @@ TEMP_MARK = "nano-gpt-tmp"  # in every temp name: .NAME.nano-gpt-tmp.<pid>.<8 he
 ASIDE_MARK = "nano-gpt-old"  # instead, in the name of a folder moved aside while its replacement is put in place
 _TEMP = re.compile(rf"\.(.+)\.({TEMP_MARK}|{ASIDE_MARK})\.(\d+)\.[0-9a-f]{{8}}")
 _RECORD = re.compile(r"\.nano-gpt-temps\.(\d+)")
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust's std::io::Error ends its message
 _pending: dict[Path, list[str]] = {}  # folder -> this process's temps there not yet renamed or removed
 _pending_lock = threading.Lock()
 logger = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def atomic_write(path: Path | str, data: bytes | str | Callable[[IO[bytes]], Non
         os.replace(tmp, path)
         fsync_folder(path.parent)  # make the rename itself durable
     except Exception as e:
-        os_error = os_error_behind(e)
+        os_error = os_error_behind(e, tmp)
         if os_error is None:
             raise  # a bug, not the machine
         size = needed if needed is not None or callable(data) else len(data)
@@ -229,17 +230,39 @@ def atomic_write(path: Path | str, data: bytes | str | Callable[[IO[bytes]], Non
             discard_temp(tmp)
 
 
-def os_error_behind(e: BaseException) -> OSError | None:
+def os_error_behind(e: BaseException, written: Path | None = None) -> OSError | None:
     """The OSError that `e` is or was raised while handling: a writer such as `torch.save` turns a full disk met
-    by the file it writes to into its own RuntimeError."""
+    by the file it writes to into its own RuntimeError, and a Rust writer (safetensors) puts it in its message
+    as "(os error N)". `written`, the file being written, lets a short write reported without an errno
+    (numpy's `tofile`) be told apart: a file-size limit or a full disk."""
     seen: set[int] = set()
     current: BaseException | None = e
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError):
-            return current
+            return current if current.errno is not None else _short_write(current, written)
+        if (rust := _RUST_OS_ERROR.search(str(current))) is not None:
+            code = int(rust.group(1))
+            return OSError(code, os.strerror(code))
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _short_write(e: OSError, written: Path | None) -> OSError:
+    """`e` with the errno a short write most likely met: the file reached this process's file-size limit, or the
+    disk has (almost) no space left; else `e` as it is."""
+    if written is None or not written.exists():
+        return e
+    import resource
+
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY and written.stat().st_size >= limit:
+        code = errno.EFBIG
+    elif (free := _free_bytes(written.parent)) is not None and free < 1 << 20:
+        code = errno.ENOSPC
+    else:
+        return e
+    return OSError(code, os.strerror(code))
 
 
 def fsync_folder(folder: Path) -> None:

@@ -170,6 +170,29 @@ def test_a_checkpoint_beyond_the_file_size_limit_is_one_error_and_the_previous_o
         "checkpoint_000002.bin", "train_log.jsonl"]  # no temp, no record of one
 
 
+@pytest.mark.parametrize("export_format", ["hf", "gguf"])
+def test_an_export_beyond_the_file_size_limit_is_one_line(tiny_hf_gpt2_vocab_dir: Path, tmp_path: Path,
+                                                          export_format: str) -> None:
+    """safetensors (Rust) reports EFBIG in its own error's message, gguf's numpy writes as a short write without an
+    errno: each is one line naming the limit, and a previous export stays."""
+    target = tmp_path / ("export" if export_format == "hf" else "model.gguf")
+    where = f"--export-dir={target}" if export_format == "hf" else f"--output={target}"
+    command = [sys.executable, "-m", "nano_gpt", "export", f"--pretrained={tiny_hf_gpt2_vocab_dir}",
+               f"--format={export_format}", where]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    assert subprocess.run(command, capture_output=True, timeout=300, env=env).returncode == 0
+    before = files_under(tmp_path)
+
+    def limited() -> None:
+        # Past the GGUF header and first tensors (7.9 MB in all), short of the 13 MB of safetensors weights.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    result = subprocess.run([*command, "--force"], capture_output=True, text=True, preexec_fn=limited, timeout=300,
+                            env=env)
+    assert_one_line_error(result, str(target), "file-size limit", "ulimit -f")
+    assert files_under(tmp_path) == before
+
+
 def test_a_log_that_cannot_be_appended_stops_the_run_with_a_checkpoint(tinyshakespeare_dir: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
