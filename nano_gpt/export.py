@@ -198,8 +198,11 @@ def export_model(
         _write_model(model, tmp, device, tokenizer)
         _write_tokenizer(tmp, model.config.block_size, tokenizer)
         _write_card(tmp, card, plot)
-        replace_folder(tmp, target)
+        replace_folder(tmp, target, replace=force)
     except Exception as e:  # an OSError, or a writer's own error raised while handling one (a full disk)
+        if isinstance(e, FileExistsError):  # another export finished first
+            raise NanoGPTError(f"{export_dir} was written by another export meanwhile; pass --force to replace it, "
+                               "or another --export-dir") from None
         if (os_error := os_error_behind(e)) is None:
             raise
         needed = sum(p.numel() for p in model.parameters()) * 4  # the fp32 weights dominate the folder

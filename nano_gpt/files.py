@@ -113,12 +113,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def replace_folder(tmp: Path, target: Path) -> None:
+def replace_folder(tmp: Path, target: Path, replace: bool = True) -> None:
     """Rename the finished folder `tmp` (a `temp_path`) to `target`. An existing `target` is moved aside to a
     recorded name first and deleted last: a kill between the two renames leaves it aside, and the next
-    `remove_stale_temps` in the folder puts it back."""
-    if not os.path.lexists(target):
-        os.rename(tmp, target)
+    `remove_stale_temps` in the folder puts it back. With `replace=False` a `target` that is there and not empty
+    (another process put it there since the caller looked) is left as it is: FileExistsError."""
+    if not replace or not os.path.lexists(target):
+        try:
+            os.rename(tmp, target)  # onto nothing or an empty folder; the kernel refuses a folder with files
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(errno.EEXIST, "written meanwhile by another process", str(target)) from e
+            raise
     else:
         old = temp_path(target, aside=True)
         os.rename(target, old)

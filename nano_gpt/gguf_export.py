@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GGUF_TYPES = tuple(t.value for t in GgufType)
+GGUF_MAGIC = b"GGUF"  # the first bytes of every GGUF file
 
 # Our parameter name (after "transformer.h.N." for a block) -> llama.cpp's tensor for GPT-2 (gguf.MODEL_TENSOR).
 _GLOBAL = {"transformer.wte": "TOKEN_EMBD", "transformer.wpe": "POS_EMBD", "transformer.ln_f": "OUTPUT_NORM",
@@ -83,6 +84,30 @@ def _add_tokenizer(writer: gguf.GGUFWriter, gguf: gguf) -> None:
     writer.add_token_merges(merges)
     writer.add_bos_token_id(EOT_TOKEN)  # GPT-2 has one token for both ends
     writer.add_eos_token_id(EOT_TOKEN)
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse, before any model is read, an `--output` that is a folder, exists without `force`, or is anything
+    but a previous GGUF file (`force` replaces only that: never a user's file, a device or a pipe)."""
+    if str(output) in ("", "."):
+        raise NanoGPTError("--format=gguf needs --output=FILE, such as --output=model.gguf")
+    if output.is_dir():
+        raise NanoGPTError(f"--output {output} is a folder; name a file such as {output / 'model.gguf'}")
+    if not output.exists():
+        return
+    if not force:
+        raise NanoGPTError(f"{output} exists; pass --force to replace it, or another --output")
+    if not output.is_file():
+        raise NanoGPTError(f"--output {output} is not a regular file (a device, a pipe or a socket); name a file such "
+                           "as --output=model.gguf")
+    try:
+        with open(output, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise NanoGPTError(f"cannot read --output {output} ({e.strerror}); choose another --output") from e
+    if magic != GGUF_MAGIC:
+        raise NanoGPTError(f"{output} is not a GGUF file; --force replaces only a previous GGUF export: choose "
+                           "another --output")
 
 
 def export_gguf(model: GPT, path: Path | str, gguf_type: str = "f16", name: str = "nano-gpt") -> Path:

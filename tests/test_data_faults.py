@@ -315,6 +315,8 @@ def test_a_full_disk_mid_split_is_one_line_and_the_next_run_goes_on_from_the_who
     assert "\n" not in message and "No space left" in message and "free there" in message and "goes on" in message
     train = split_dir(tmp_path / "ds", str(corpus), "train")
     assert sorted(os.listdir(train)) == ["progress.jsonl", "shard_000000.bin"]  # no temp, no record of one
+    with open(train / "progress.jsonl", "ab") as f:
+        f.write(b'{"file": "\xff\xfe')  # and a line half-written, in bytes that are not UTF-8
     monkeypatch.setattr(os, "fsync", fsync)
     assert prepare_dataset(str(corpus), dataset_dir=tmp_path / "ds", **options)["train"].manifest["shards"] == \
         clean["shards"]

@@ -1,5 +1,6 @@
 """`nano-gpt export --format=gguf`: a file llama.cpp's gpt2 architecture loads, read back with gguf's own reader."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,14 +117,21 @@ def test_bad_gguf_options_are_a_one_line_error(checkpoint: Path, args: list[str]
     assert_one_line_error(run_cli_here("export", f"--checkpoint={checkpoint}", *args), *fragments)
 
 
-def test_an_existing_file_is_kept_unless_forced(checkpoint: Path, tmp_path: Path) -> None:
+def test_force_replaces_only_a_previous_gguf_file(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.gguf"
     out.write_bytes(b"someone's file")
     args = ("export", f"--checkpoint={checkpoint}", "--format=gguf", f"--output={out}")
     assert_one_line_error(run_cli_here(*args), "exists", "--force")
+    assert_one_line_error(run_cli_here(*args, "--force"), "not a GGUF file", "only a previous GGUF export")
     assert out.read_bytes() == b"someone's file"
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)  # opened for reading it would block: refused without opening it
+    assert_one_line_error(run_cli_here("export", f"--checkpoint={checkpoint}", "--format=gguf", f"--output={pipe}",
+                                       "--force"), "not a regular file")
+    pipe.unlink()
+    out.write_bytes(b"GGUF" + bytes(64))  # a previous export, as far as its first bytes tell
     assert run_cli_here(*args, "--force").returncode == 0
-    assert out.read_bytes()[:4] == b"GGUF"
+    assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_size > 1000
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]  # no temp file left beside it
 
 

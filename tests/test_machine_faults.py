@@ -74,6 +74,48 @@ def test_overwrite_never_replaces_a_log_file_that_no_run_began(tinyshakespeare_d
     assert not list((tmp_path / "run").glob("checkpoint_*"))
 
 
+@pytest.mark.parametrize("lookalike", ["a folder of the user's files", "a text file"])
+def test_overwrite_never_deletes_what_is_a_checkpoint_by_name_alone(tinyshakespeare_dir: Path, tmp_path: Path,
+                                                                   lookalike: str) -> None:
+    run = tmp_path / "run"
+    if lookalike == "a text file":
+        run.mkdir()
+        (run / "checkpoint_000007.bin").write_text("my notes")
+    else:
+        (run / "checkpoint_000050" / "photos").mkdir(parents=True)
+        (run / "checkpoint_000050" / "thesis.txt").write_text("chapter 1")
+        (run / "checkpoint_000050" / "photos" / "a.jpg").write_bytes(b"jpeg")
+    before = files_under(run)
+    result = run_cli_here(*_args(tinyshakespeare_dir, run, "--overwrite"))
+    assert_one_line_error(result, "named like a checkpoint but is not one", "--overwrite deletes only")
+    assert {name: data for name, data in files_under(run).items() if not name.endswith("lock")} == before
+
+
+def test_a_log_file_that_is_a_device_is_refused_and_a_linked_one_is_written_and_locked_where_it_points(
+        tinyshakespeare_dir: Path, tmp_path: Path) -> None:
+    # Through a link in our own folder, so that code which did not follow it could only replace the link.
+    device = tmp_path / "device.jsonl"
+    device.symlink_to("/dev/null")
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "run", f"--log-file={device}", "--overwrite"))
+    assert_one_line_error(result, "--log-file=/dev/null", "not a regular file")
+    assert device.is_symlink() and Path("/dev/null").is_char_device() and not Path("/dev/.null.nano-gpt-lock").exists()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(logs / "run.jsonl")  # dangling until the run writes it
+    config = _config(tinyshakespeare_dir, tmp_path / "run", log_file=str(link)).resolved()
+    assert config.log_file == str(logs / "run.jsonl")
+    live = rundir.prepare(config)
+    try:  # a second run naming the log through the link meets the live run's lock on the file itself
+        other = _config(tinyshakespeare_dir, tmp_path / "other", log_file=str(link)).resolved()
+        with pytest.raises(NanoGPTError, match="still going"):
+            rundir.prepare(other)
+    finally:
+        live.release()
+    train(_config(tinyshakespeare_dir, tmp_path / "run2", log_file=str(link)))
+    assert link.is_symlink() and runlog.is_run_log(logs / "run.jsonl")
+
+
 def test_clean_up_removes_only_temps_that_a_dead_process_recorded(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -273,6 +315,37 @@ def test_a_folder_replaced_by_a_process_killed_between_its_renames_is_put_back(t
     assert os.listdir(tmp_path) == [target.name]
 
 
+def test_an_export_that_another_export_overtook_leaves_it_in_place(tiny_hf_gpt2_vocab_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two exports to one new folder: the one that finishes second, without --force, does not replace the first."""
+    from nano_gpt import export
+
+    model = read_checkpoint(tiny_hf_gpt2_vocab_dir).model
+    target = tmp_path / "export"
+    write_card = export._write_card
+
+    def the_other_export_finishes_first(folder: Path, *args: object) -> None:
+        write_card(folder, *args)
+        target.mkdir()
+        (target / "model.safetensors").write_bytes(b"the other export's")
+
+    monkeypatch.setattr(export, "_write_card", the_other_export_finishes_first)
+    with pytest.raises(NanoGPTError, match="written by another export meanwhile; pass --force"):
+        export.export_model(model, target)
+    assert os.listdir(tmp_path) == ["export"] and (target / "model.safetensors").read_bytes() == b"the other export's"
+
+
+def test_no_writable_temporary_folder_is_one_line(tmp_path: Path) -> None:
+    """torch needs a temporary folder as it loads: a full disk or `ulimit -f 0` leaves none."""
+    def no_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    result = subprocess.run([sys.executable, "-m", "nano_gpt", "sample", f"--pretrained={tmp_path}", "hello"],
+                            capture_output=True, text=True, preexec_fn=no_files, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.getcwd(), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert_one_line_error(result, "temporary file", "TMPDIR")
+
+
 @pytest.mark.parametrize("fault", ["cache is a file", "verdicts are a folder", "not JSON", "a JSON list"])
 def test_an_odd_precision_cache_never_stops_a_command(quiet_cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture, fault: str) -> None:
@@ -326,3 +399,14 @@ def test_temp_names_are_ours_and_recorded_before_they_exist(tmp_path: Path) -> N
     assert (tmp_path / f".nano-gpt-temps.{os.getpid()}").read_text() == tmp.name + "\n"
     discard_temp(tmp)
     assert not list(tmp_path.iterdir())
+
+
+# --- 7. paths ------------------------------------------------------------------------------------------------
+
+def test_paths_that_are_not_what_they_should_be_are_named_as_they_are(tinyshakespeare_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "notes.txt" / "run"))
+    assert_one_line_error(result, f"{tmp_path / 'notes.txt'} is a file, not a folder")
+    result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "run", "--resume=/dev/null"))
+    assert_one_line_error(result, "/dev/null is not a regular file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

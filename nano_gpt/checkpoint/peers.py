@@ -51,7 +51,8 @@ def read_checkpoint_file(path: Path, mmap: bool = False) -> Any:
         raise NanoGPTError(f"{path} is a folder; pass a checkpoint file, or a Hugging Face model folder with "
                            f"--pretrained={path}")
     if not path.is_file():
-        raise NanoGPTError(f"checkpoint {path} not found; pass a checkpoint file ({UNDERSTOOD})")
+        found = "is not a regular file (a device, a pipe or a socket)" if path.exists() else "not found"
+        raise NanoGPTError(f"checkpoint {path} {found}; pass a checkpoint file ({UNDERSTOOD})")
     return read_torch_file(path, f"a checkpoint ({UNDERSTOOD})", [(PickledGPTConfig, "__main__.GPTConfig")], mmap)
 
 

@@ -189,6 +189,9 @@ def main() -> None:
     except OSError as e:
         if _debug:
             raise
+        if (e.strerror or "").startswith("No usable temporary directory"):  # tempfile, as torch loads
+            _error("no folder can hold a temporary file (not $TMPDIR, /tmp, /var/tmp, /usr/tmp nor this one): a full "
+                   "disk, a read-only file system or `ulimit -f 0`; set TMPDIR to a writable folder")
         if e.errno == errno.ENAMETOOLONG:
             _error(f"a file or folder name is too long for the file system (at most 255 bytes a name, "
                    f"{os.pathconf('/', 'PC_PATH_MAX')} a path): {_shortened(e.filename)}")

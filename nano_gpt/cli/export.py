@@ -84,16 +84,14 @@ def export(
 
 def _export_gguf(checkpoint: Optional[Path], pretrained: Optional[str], output: Optional[Path], gguf_type: GgufType,
                  force: bool, push_to_hub_repo: Optional[str], model_card: Optional[Path]) -> None:
-    if output is None or str(output) in ("", "."):
+    if output is None:
         raise NanoGPTError("--format=gguf needs --output=FILE, such as --output=model.gguf")
     if push_to_hub_repo is not None or model_card is not None:
         raise NanoGPTError("--push-to-hub and --model-card go with a Hugging Face folder (--format=hf)")
-    if output.is_dir():
-        raise NanoGPTError(f"--output {output} is a folder; name a file such as {output / 'model.gguf'}")
-    if output.exists() and not force:
-        raise NanoGPTError(f"{output} exists; pass --force to replace it, or another --output")
-    from nano_gpt.gguf_export import export_gguf
+    from nano_gpt.gguf_export import check_output, export_gguf
     from nano_gpt.tokenizer import is_gpt2
+
+    check_output(output, force)
 
     loaded = read_model(pretrained, checkpoint, default=None)
     if not is_gpt2(loaded.tokenizer()):  # the file carries GPT-2's tokenizer

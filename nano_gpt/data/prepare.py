@@ -294,7 +294,8 @@ class _ProgressLog:
     def __init__(self, directory: Path, options: dict[str, Any], dtype: np.dtype) -> None:
         self.path = directory / PROGRESS
         self.records: list[dict[str, Any]] = []
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        # Bytes a kill or a disk garbled make a line that is not JSON: the records stop before it.
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines() if self.path.exists() else []
         if lines and _json_or_none(lines[0]) == {"options": options}:
             for line in lines[1:]:
                 record = _json_or_none(line)

@@ -237,7 +237,7 @@ class TrainConfig:
             max_lr=max_lr,
             muon_lr=fill(self.muon_lr, MUON_LR_RATIO * max_lr),
             muon_weight_decay=fill(self.muon_weight_decay, self.weight_decay),
-            log_file=self.log_file or f"{self.checkpoint_dir}/{LOG_FILE}",
+            log_file=_followed(self.log_file or f"{self.checkpoint_dir}/{LOG_FILE}"),
         )
         if filled.warmup_steps >= filled.max_steps:
             raise NanoGPTError(f"--warmup-steps={filled.warmup_steps} must be smaller than --max-steps={filled.max_steps}")
@@ -271,6 +271,12 @@ class TrainConfig:
 
 # Linux's and macOS's limits on a name and a path, in bytes (os.pathconf would need a folder that exists).
 _NAME_MAX, _PATH_MAX = 255, 4096
+
+
+def _followed(path: str) -> str:
+    """A symbolic link's target, else `path` as given: the log is written, and locked, where the link points, and
+    the link stays."""
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def _flag(name: str) -> str:

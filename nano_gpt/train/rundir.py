@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nano_gpt.checkpoint import checkpoints_in, latest_checkpoint
+from nano_gpt.checkpoint.layout import not_ours
 from nano_gpt.distributed import torchrun_ranks
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.files import LockedError, ProcessLock, discard_temp, remove_stale_temps, temp_path
@@ -45,8 +46,8 @@ def probe_writable_folder(folder: Path, flag: str) -> None:
                 f.flush()
                 os.fsync(f.fileno())  # a full disk can fail here, after the file was created
         except (FileExistsError, NotADirectoryError) as e:
-            raise NanoGPTError(f"{flag}={folder} is not writable: {e.filename or folder} is a file, not a "
-                               "folder") from e
+            blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+            raise NanoGPTError(f"{flag}={folder} is not writable: {blocking} is a file, not a folder") from e
         except OSError as e:
             where = folder if e.filename is None or Path(e.filename).parent == folder else e.filename
             raise NanoGPTError(f"{flag}={folder} is not writable ({_os_reason(e)}: {where})") from e
@@ -63,6 +64,9 @@ def probe_writable_file(path: Path, flag: str) -> None:
     """An existing file opened for appending (which changes nothing), else its folder probed."""
     if path.is_dir():
         raise NanoGPTError(f"{flag}={path} is a folder; pass a file name")
+    if path.exists() and not path.is_file():
+        raise NanoGPTError(f"{flag}={path} is not a regular file (a device, a pipe or a socket); name a file, such as "
+                           f"{flag}=train_log.jsonl")
     probe_writable_folder(path.parent, flag)
     if path.exists():
         try:
@@ -155,6 +159,11 @@ def _check(config: TrainConfig, checkpoint_dir: Path, log_file: Path) -> tuple[P
             names = ", ".join(p.name for p in previous[:3]) + (f" and {len(previous) - 3} more" if len(previous) > 3 else "")
             raise NanoGPTError(f"{checkpoint_dir} already holds a run ({names}); continue it with --resume=auto, "
                                "pick another --checkpoint-dir, or pass --overwrite to delete it and start again")
+        for path in previous:  # --overwrite deletes what a run wrote, never a file by its name alone
+            if path != log_file and (why := not_ours(path)) is not None:
+                raise NanoGPTError(f"{path} is named like a checkpoint but is not one that nano-gpt writes ({why}); "
+                                   "--overwrite deletes only a previous run's files: move it away, or choose another "
+                                   "--checkpoint-dir")
         return None, previous
     if config.resume == "auto":
         path = latest_checkpoint(checkpoint_dir)
