@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nano_gpt.errors import NanoGPTError
+from nano_gpt.files import atomic_write
 # read_log, read_logs and summarize lived here in earlier releases; notebooks that import them from here still work.
 from nano_gpt.runlog import TrainingLog, format_count, read_log, read_logs, summarize
 
@@ -162,16 +163,16 @@ def _legend_or_note(ax: Axes, legend_loc: str | None, empty_note: str) -> None:
 
 
 def save_figure(fig: Figure, output: str | Path) -> Path:
-    """Write the figure (the format follows the suffix: .png, .svg, .pdf, ...), creating parent folders."""
+    """Write the figure (the format follows the suffix: .png, .svg, .pdf, ...), creating parent folders; through
+    `atomic_write`, so a kill leaves the previous image whole, and a link at `output` is replaced, not followed."""
     output = Path(output)
-    formats = fig.canvas.get_supported_filetypes()
-    if output.suffix.lstrip(".").lower() not in formats:
-        raise NanoGPTError(f"cannot write {output}: name a .png file (or one of .{', .'.join(sorted(formats))})")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output)
-    except OSError as e:  # a parent that is a file, a folder named like the image, a read-only folder
-        blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker is not None else e.strerror or str(e)
-        raise NanoGPTError(f"cannot write {output} ({reason}); pass another --output") from e
+    image_format = output.suffix.lstrip(".").lower()
+    if image_format not in fig.canvas.get_supported_filetypes():
+        raise NanoGPTError(f"cannot write {output}: name a .png file (or one of "
+                           f".{', .'.join(sorted(fig.canvas.get_supported_filetypes()))})")
+    blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None or output.is_dir():
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else "it is a folder"
+        raise NanoGPTError(f"cannot write {output} ({reason}); pass another --output")
+    atomic_write(output, lambda f: fig.savefig(f, format=image_format))
     return output

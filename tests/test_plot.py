@@ -272,3 +272,14 @@ def test_notebook_runs_on_a_log_where_train_writes_it(tmp_path: Path, monkeypatc
         exec(compile(source, f"{NOTEBOOK.name}[{i}]", "exec"), namespace)
     assert "train_log: last step 119" in capsys.readouterr().out
     assert len(namespace["fig"].axes) == 2 and namespace["logs"][0].config["model"] == "gpt2-xxs"
+
+
+def test_the_image_replaces_a_link_and_never_writes_through_it(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "plot.png").symlink_to(tmp_path / "notes.txt")
+    write_log(tmp_path / "run.jsonl", steps=5)
+    result = run_cli("plot", "run.jsonl", "--output=plot.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "plot.png").is_symlink() and (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "plot.png", "run.jsonl"]  # no temp left
