@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_cli_here
 from nano_gpt import generate, get_tokenizer, load_pretrained
 
 PROMPT = "Hello, I'm a language model,"
@@ -20,12 +20,12 @@ def test_help_lists_subcommands_and_debug() -> None:
 def test_sample_prints_one_line_per_sequence_and_is_reproducible(tiny_hf_gpt2_vocab_dir: Path) -> None:
     args = ("sample", f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--seed=42", "--max-length=20", "--num-sequences=3",
             "--device=cpu", PROMPT)
-    first, second = run_cli(*args), run_cli(*args)
+    first, second = run_cli(*args), run_cli_here(*args)  # in another process, and in this one
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert len([line for line in lines if line.startswith("> " + PROMPT)]) == 3
     assert first.stdout == second.stdout
-    assert run_cli(*args[:2], "--seed=7", *args[3:]).stdout != first.stdout
+    assert run_cli_here(*args[:2], "--seed=7", *args[3:]).stdout != first.stdout
 
 
 def test_single_sequence_streams_the_same_text_as_the_library(tiny_hf_gpt2_vocab_dir: Path) -> None:

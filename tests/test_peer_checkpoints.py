@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from conftest import assert_one_line_error, run_cli, write_hellaswag_file
+from conftest import assert_one_line_error, run_cli, run_cli_here, write_hellaswag_file
 from nano_gpt import GPT, GPTConfig, generate, get_tokenizer, load_pretrained
 from nano_gpt.checkpoint import load_model, read_checkpoint
 from nano_gpt.errors import NanoGPTError
@@ -310,9 +310,9 @@ def _hidden_options(command: str) -> dict[str, bool]:
 
 def test_the_seeds_sample_flags_and_unquoted_words_give_the_same_text(tiny_hf_gpt2_vocab_dir: Path) -> None:
     common = (f"--pretrained={tiny_hf_gpt2_vocab_dir}", "--device=cpu", "--dtype=fp32")
-    seed_style = run_cli("sample", "--sample-num-sequences=2", "--sample-max-length=14", "--sample-seed=3", *common,
+    seed_style = run_cli_here("sample", "--sample-num-sequences=2", "--sample-max-length=14", "--sample-seed=3", *common,
                          "Hello", "world")
-    ours = run_cli("sample", "--num-sequences=2", "--max-length=14", "--seed=3", *common, "Hello world")
+    ours = run_cli_here("sample", "--num-sequences=2", "--max-length=14", "--seed=3", *common, "Hello world")
     assert seed_style.returncode == 0, seed_style.stderr
     lines = ours.stdout.splitlines()
     assert seed_style.stdout == ours.stdout and len(lines) == 2 and all(line.startswith("> Hello world") for line in lines)
@@ -325,7 +325,7 @@ def test_the_seeds_eval_micro_batch_size_is_a_hidden_alias(tiny_hf_gpt2_vocab_di
     hellaswag = write_hellaswag_file(tmp_path / "hellaswag.jsonl", n=2)
     args = ("eval", f"--pretrained={tiny_hf_gpt2_vocab_dir}", f"--hellaswag-file={hellaswag}", "--validation-steps=0",
             "--device=cpu", "--dtype=fp32", "--json")
-    result = run_cli(*args, "--micro-batch-size=1")
+    result = run_cli_here(*args, "--micro-batch-size=1")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == json.loads(run_cli(*args, "--batch-size=1").stdout)
+    assert json.loads(result.stdout) == json.loads(run_cli_here(*args, "--batch-size=1").stdout)
     assert _hidden_options("eval")["--micro-batch-size"] and not _hidden_options("eval")["--batch-size"]
