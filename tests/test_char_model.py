@@ -158,3 +158,21 @@ def test_a_meta_pkl_that_names_a_class_is_refused_without_running_it(tmp_path: P
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"itos": {0: "a"}, "x": Path("/")}))
     result = run_cli_here("sample", f"--checkpoint={checkpoint}", f"--meta={tmp_path / 'evil.pkl'}", "--device=cpu")
     assert_one_line_error(result, "evil.pkl is not nanoGPT's meta.pkl of plain data")
+
+
+def test_serve_answers_a_prompt_outside_the_vocabulary_with_a_400_and_stays_up(run: dict[str, Path]) -> None:
+    import httpx
+
+    from test_serve import Server
+
+    s = Server(run["run"] / "checkpoint_000005.bin")
+    try:
+        for prompt in ("Speak é", ["Speak", "日本"]):
+            response = httpx.post(s.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 2}, timeout=30)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["param"] == "prompt" and "not in the model's vocabulary" in error["message"]
+        answer = httpx.post(s.url + "/v1/completions", json={"prompt": "Speak", "max_tokens": 2}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["choices"][0]["text"]) == 2
+    finally:
+        s.stop()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nano_gpt.errors import NanoGPTError
 from nano_gpt.serve.batcher import Batcher, Event, Job, QueueFull, Sampling, TokenLogprobs
 
 logger = logging.getLogger(__name__)
@@ -109,11 +110,15 @@ def _handle_errors_and_keys(app: FastAPI, api_key: str | None) -> None:
 
 
 def _prompt_ids(tokenizer: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-    """A request's prompts as token ids: text is encoded, ids pass as given."""
-    if isinstance(prompt, str):
-        return [tokenizer.encode_ordinary(prompt)]
-    if prompt and isinstance(prompt[0], str):
-        return [tokenizer.encode_ordinary(p) for p in prompt]
+    """A request's prompts as token ids: text is encoded (a character-level vocabulary may lack some: a 400),
+    ids pass as given."""
+    try:
+        if isinstance(prompt, str):
+            return [tokenizer.encode_ordinary(prompt)]
+        if prompt and isinstance(prompt[0], str):
+            return [tokenizer.encode_ordinary(p) for p in prompt]
+    except NanoGPTError as e:
+        raise APIError(400, str(e), "prompt", "invalid_prompt") from None
     if prompt and isinstance(prompt[0], int):
         return [list(prompt)]
     return [list(p) for p in prompt]
