@@ -1,8 +1,10 @@
 """`nano-gpt serve`: the OpenAI completions API through the real `openai` client, on a tiny model, offline."""
 
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -288,6 +290,42 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(tiny_hf_gpt2_vocab_
         assert load["cancelled"] == 1 and load["completed"] == 1
     finally:
         s.stop()
+
+
+def test_a_client_that_drops_a_request_while_its_rows_decode_frees_them(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    """Not streamed: the server hears of the client's leaving while every step sends events for its rows."""
+    s = Server(tiny_hf_gpt2_vocab_dir, api_key=KEY, max_batch_size=4)  # the key's check in the way too
+    step = s.batcher._step
+
+    def slow_step() -> None:  # 100 tokens take seconds, so the client leaves mid-way
+        time.sleep(0.04)
+        step()
+
+    s.batcher._step = slow_step
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(s.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 100, "n": 4}, timeout=1,
+                       headers={"authorization": f"Bearer {KEY}"})
+        deadline = time.monotonic() + 100 * 0.04 / 2
+        while s.batcher.load()["running_rows"]:
+            assert time.monotonic() < deadline, s.batcher.load()
+            time.sleep(0.05)
+        assert s.batcher.load()["cancelled"] == 1
+        assert s.client(KEY).completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices
+    finally:
+        s.stop()
+
+
+def test_a_client_that_leaves_while_sending_its_request_is_not_an_error(server: Server,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b'{"prompt": "Hi"')
+        time.sleep(0.2)
+    assert server.client().completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices
+    time.sleep(0.2)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_stop_strings_end_the_text_before_them(server: Server) -> None:

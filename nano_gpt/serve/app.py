@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from nano_gpt.errors import NanoGPTError
 from nano_gpt.serve.batcher import Batcher, Event, Job, QueueFull, Sampling, TokenLogprobs
@@ -99,14 +100,26 @@ def _handle_errors_and_keys(app: FastAPI, api_key: str | None) -> None:
         logger.exception("internal error")
         return APIError(500, f"internal error: {type(e).__name__}", kind="server_error").response()
 
-    @app.middleware("http")
-    async def _authorize(request: Request, call_next: Any) -> Any:
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
-                                code="invalid_api_key").response()
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(_RequireKey, api_key=api_key)
+
+
+class _RequireKey:
+    """`/v1/*` answers 401 without `Authorization: Bearer KEY`. Plain ASGI, not `@app.middleware`: Starlette's
+    BaseHTTPMiddleware hides a client's disconnect from the endpoint, which must free the client's rows."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = APIError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                                    code="invalid_api_key").response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _prompt_ids(tokenizer: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -177,7 +190,11 @@ def create_app(batcher: Batcher, model_name: str, api_key: str | None = None) ->
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # gone before sending the whole request: no one to answer
+            logger.info("a client left before sending its whole request")
+            return Response(status_code=499)
         if len(body) > MAX_BODY_BYTES:
             raise APIError(413, f"the request body is over {MAX_BODY_BYTES // 2**20} MiB", code="body_too_large")
         try:
@@ -320,15 +337,19 @@ POLL_SECONDS = 0.5  # how often a waiting non-streaming request checks that its 
 
 
 async def _wait_all(completion: _Completion, events: "asyncio.Queue[tuple[int, Event]]", request: Request) -> None:
-    """Collect every job's events; return early when the client has gone (the caller cancels the jobs)."""
+    """Collect every job's events; return early when the client has gone (the caller cancels the jobs). Asked
+    every POLL_SECONDS whether events keep coming or not: a busy batch sends one for every token."""
+    checked = time.monotonic()
     while completion.pending:
         try:
             i, event = await asyncio.wait_for(events.get(), POLL_SECONDS)
+            completion.apply(i, event)
         except asyncio.TimeoutError:
+            pass
+        if time.monotonic() - checked >= POLL_SECONDS:
             if await request.is_disconnected():
                 return
-            continue
-        completion.apply(i, event)
+            checked = time.monotonic()
 
 
 async def _stream(completion: _Completion, events: "asyncio.Queue[tuple[int, Event]]") -> AsyncIterator[str]:
