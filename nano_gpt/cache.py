@@ -43,6 +43,8 @@ def cached_path(relative_path: str) -> Path:
 def cached_download(url: str, relative_path: str, sha256: str | None = None, timeout: float = 30) -> Path:
     """The cached copy of `url` at `cache_dir()/relative_path`, downloading it if missing."""
     path = cached_path(relative_path)
+    if path.exists() and not path.is_file():
+        raise NanoGPTError(f"{path} is in the download cache but is not a file; delete it so it is downloaded again")
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

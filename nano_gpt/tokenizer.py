@@ -126,7 +126,8 @@ class HFTokenizer:
                     self._tok = PreTrainedTokenizerFast(tokenizer_object=RustTokenizer.from_str(tokenizer_json))
         except Exception as e:  # a malformed tokenizer.json or tokenizer_config.json raises many types
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise NanoGPTError(f"cannot load the tokenizer in {folder}: {reason}") from e
+            raise NanoGPTError(f"cannot load the tokenizer in {folder}: its files are not a tokenizer that transformers "
+                               f"reads ({reason})") from e
         self.n_vocab = len(self._tok)
         # Where a sequence ends, and what stands for an empty HellaSwag context: EOS, else BOS (GPT-2 has one
         # token for both).
@@ -313,6 +314,9 @@ def resolve_tokenizer(spec: str, texts: Callable[[], Iterable[str]] | None = Non
         tokenizer = CharTokenizer.from_texts(texts())
     else:
         path = Path(spec).expanduser()
+        if not path.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):  # a path, not a Hub id
+            raise NanoGPTError(f"--tokenizer={spec}: no such folder; pass gpt2, char, a tokenizer folder or a Hugging "
+                               "Face Hub id")
         if path.exists() and not (path.is_dir() and (has_tokenizer(path) or (path / "tokenizer_config.json").is_file())):
             raise NanoGPTError(f"--tokenizer={spec} is not a tokenizer: pass gpt2, char, a folder holding "
                                "tokenizer.json (or vocab.json and merges.txt), or a Hugging Face Hub id")

@@ -410,3 +410,36 @@ def test_paths_that_are_not_what_they_should_be_are_named_as_they_are(tinyshakes
     result = run_cli_here(*_args(tinyshakespeare_dir, tmp_path / "run", "--resume=/dev/null"))
     assert_one_line_error(result, "/dev/null is not a regular file")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# --- broken caches and odd inputs: one line that names the fix -----------------------------------------------
+
+def test_a_broken_download_cache_names_the_file_to_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nano_gpt.data import prepare_dataset
+    from nano_gpt.eval.hellaswag import load_hellaswag
+
+    monkeypatch.setenv("NANO_GPT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "tinyshakespeare" / "input.txt").mkdir(parents=True)  # a folder where the corpus goes
+    with pytest.raises(NanoGPTError, match="input.txt is in the download cache but is not a file; delete it"):
+        prepare_dataset("tinyshakespeare", dataset_dir=tmp_path / "ds", num_workers=1)
+    hellaswag = tmp_path / "cache" / "hellaswag" / "hellaswag_val.jsonl"
+    hellaswag.parent.mkdir()
+    hellaswag.write_text('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0}\n{"ctx": "cut sh')
+    with pytest.raises(NanoGPTError, match="line 2.*cached download: delete .*hellaswag_val.jsonl"):
+        load_hellaswag()
+
+
+def test_a_device_where_a_file_goes_and_a_missing_tokenizer_folder_are_named_as_they_are(tmp_path: Path) -> None:
+    from nano_gpt.eval.hellaswag import load_hellaswag
+    from nano_gpt.tokenizer import resolve_tokenizer
+
+    device = tmp_path / "hellaswag.jsonl"
+    device.symlink_to("/dev/null")
+    with pytest.raises(NanoGPTError, match="is not a regular file"):
+        load_hellaswag(device)
+    with pytest.raises(NanoGPTError, match="no such folder"):
+        resolve_tokenizer(str(tmp_path / "no-such-tokenizer"))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE"}}')
+    with pytest.raises(NanoGPTError, match="not a tokenizer that transformers reads"):
+        resolve_tokenizer(str(tmp_path / "tok")).encode_ordinary("hello")

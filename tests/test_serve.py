@@ -419,3 +419,9 @@ def test_sse_chunks_are_openai_completion_objects(server: Server) -> None:
     chunks = [json.loads(e[len("data: "):]) for e in raw.text.split("\n\n") if e and e != "data: [DONE]"]
     assert {c["object"] for c in chunks} == {"text_completion"} and len({c["id"] for c in chunks}) == 1
     assert {choice["index"] for c in chunks for choice in c["choices"]} == {0, 1}
+
+
+def test_too_many_stop_strings_are_counted_in_the_error(server: Server) -> None:
+    response = httpx.post(server.url + "/v1/completions", timeout=30,
+                          json={"prompt": "Hi", "stop": [str(i) for i in range(17)]})
+    assert response.status_code == 400 and "17 stop strings; at most 16" in response.json()["error"]["message"]

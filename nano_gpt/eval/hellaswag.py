@@ -115,22 +115,29 @@ def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> 
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
+    cached = path is None
     path = cached_download(HELLASWAG_URL, HELLASWAG_CACHE_PATH) if path is None else Path(path)
     if path.is_dir():
         raise NanoGPTError(f"HellaSwag file {path} is a folder; pass a jsonl file with one example per line")
     if not path.is_file():
-        raise NanoGPTError(f"HellaSwag file {path} not found; pass a jsonl file with one example per line")
+        found = "is not a regular file (a device, a pipe or a socket)" if path.exists() else "not found"
+        raise NanoGPTError(f"HellaSwag file {path} {found}; pass a jsonl file with one example per line")
     examples: list[HellaSwagExample] = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if number == 1:  # a byte-order mark, as some editors write: read as prepare_dataset reads it
-                line = line.removeprefix(codecs.BOM_UTF8)
-            if line.strip():
-                examples.append(_parse_line(line, f"{path}, line {number}"))
-                if len(examples) == limit:
-                    break
-    if not examples:
-        raise NanoGPTError(f"{path}, line 1: the file is empty; {_FORMAT}")
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                if number == 1:  # a byte-order mark, as some editors write: read as prepare_dataset reads it
+                    line = line.removeprefix(codecs.BOM_UTF8)
+                if line.strip():
+                    examples.append(_parse_line(line, f"{path}, line {number}"))
+                    if len(examples) == limit:
+                        break
+        if not examples:
+            raise NanoGPTError(f"{path}, line 1: the file is empty; {_FORMAT}")
+    except NanoGPTError as e:
+        if cached:  # damaged on disk or cut short by a lost connection: the fix is a fresh download
+            raise NanoGPTError(f"{e}; it is the cached download: delete {path} so it is downloaded again") from e
+        raise
     return examples
 
 

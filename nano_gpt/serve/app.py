@@ -45,7 +45,7 @@ class CompletionRequest(BaseModel):
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
     top_k: Annotated[int, Field(ge=1)] | None = None
     n: Annotated[int, Field(ge=1)] = 1
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOPS)] | None = None
+    stop: str | list[str] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stream: bool = False
     stream_options: dict[Literal["include_usage"], bool] | None = None
@@ -56,6 +56,8 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops_not_empty(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOPS:
+            raise ValueError(f"{len(stop)} stop strings; at most {MAX_STOPS}")
         if stop is not None and any(s == "" for s in ([stop] if isinstance(stop, str) else stop)):
             raise ValueError("a stop string must not be empty")
         return stop
