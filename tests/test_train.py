@@ -115,7 +115,9 @@ def test_sigkill_mid_run_then_resume_matches_the_straight_run(straight_run: tupl
     assert all(torch.equal(final[k], v) for k, v in _weights(checkpoint).items())
 
 
-def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(straight_run: tuple, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a scheduler, `timeout`, docker stop
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_exits_cleanly(straight_run: tuple, tmp_path: Path,
+                                                                 signum: int) -> None:
     config, _, _ = straight_run
     run = dataclasses.replace(config, checkpoint_dir=str(tmp_path), max_steps=1000)
     proc = subprocess.Popen([sys.executable, "-m", "nano_gpt", *_cli_args(run)], stdout=subprocess.PIPE,
@@ -123,9 +125,9 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(straight_run: tuple, tmp_p
     for line in proc.stdout:
         if line.startswith("step: 1 |"):
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == 128 + signum and "Traceback" not in err
     assert "--resume=auto" in err
     [checkpoint] = tmp_path.glob("checkpoint_*.bin")
     assert torch.load(checkpoint, weights_only=True)["step"] >= 1

@@ -6,6 +6,7 @@ option and the two cannot drift apart.
 
 import dataclasses
 import inspect
+import signal
 import sys
 import typing
 from typing import Annotated, Any, Optional
@@ -51,10 +52,11 @@ def train(**options: Any) -> None:
     result = run_training(TrainConfig(**options))
     if result.main_process:
         print(f"last step: {result.last_step} | checkpoint: {result.checkpoint}")
-    if result.interrupted:
+    if result.interrupted is not None:
         if result.main_process:
-            print("stopped by Ctrl-C; continue with the same command plus --resume=auto", file=sys.stderr)
-        raise typer.Exit(130)
+            what = "Ctrl-C" if result.interrupted == signal.SIGINT else signal.Signals(result.interrupted).name
+            print(f"stopped by {what}; continue with the same command plus --resume=auto", file=sys.stderr)
+        raise typer.Exit(128 + result.interrupted)  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
 
 
 _hidden = [inspect.Parameter(alias, inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -50,25 +50,32 @@ class TrainResult:
     last_step: int
     losses: list[float]  # train loss of each step run in this process
     checkpoint: Path | None  # the newest checkpoint written
-    interrupted: bool  # stopped by Ctrl-C
+    interrupted: int | None  # the signal that stopped it early (SIGINT for Ctrl-C, or SIGTERM), else None
     main_process: bool  # rank 0, which speaks for the run
 
 
 class _StopRequest:
-    """Turns the first Ctrl-C into a request to checkpoint and stop at the next step boundary; a second
-    Ctrl-C interrupts at once."""
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM (what a scheduler, `timeout` or `docker stop` sends; torchrun
+    passes it on to every rank) into a request to checkpoint and stop at the next step boundary; a second
+    signal does what it did before (Ctrl-C interrupts at once, SIGTERM ends the process)."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self.signal: int | None = None  # the one that asked
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-        logger.warning("Ctrl-C: writing a checkpoint after this step, then stopping (Ctrl-C again to abort)")
+        self.signal = signum
+        self.restore()
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        logger.warning("%s: writing a checkpoint after this step, then stopping (%s again to abort)", what, what)
 
     def restore(self) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _read_resume(config: TrainConfig, path: Path) -> Checkpoint:
@@ -315,7 +322,7 @@ class _Trainer:
             if self.trackers is not None:
                 self.trackers.close()
         return TrainResult(last_step=state.step, losses=losses, checkpoint=last_checkpoint,
-                           interrupted=stop.requested, main_process=runtime.is_main)
+                           interrupted=stop.signal, main_process=runtime.is_main)
 
     def _stop_without_log(self, last_checkpoint: Path | None) -> str:
         """Checkpoint the steps the log could not record, where the disk allows; says what the user has."""
