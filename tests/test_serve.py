@@ -264,15 +264,21 @@ def test_a_full_queue_answers_429_and_recovers(tiny_hf_gpt2_vocab_dir: Path) -> 
         s.stop()
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(tiny_hf_gpt2_vocab_dir: Path) -> None:
-    s = Server(tiny_hf_gpt2_vocab_dir, max_batch_size=1)
+def _slow_server(folder: Path, seconds_per_step: float, **options: object) -> Server:
+    """A server whose decode steps take `seconds_per_step` longer, so that a client can leave mid-way."""
+    s = Server(folder, **options)
     step = s.batcher._step
 
-    def slow_step() -> None:  # 120 tokens take seconds, so the disconnect comes mid-stream
-        time.sleep(0.02)
+    def slow_step() -> None:
+        time.sleep(seconds_per_step)
         step()
 
     s.batcher._step = slow_step
+    return s
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(tiny_hf_gpt2_vocab_dir: Path) -> None:
+    s = _slow_server(tiny_hf_gpt2_vocab_dir, 0.02, max_batch_size=1)  # 120 tokens take seconds
     try:
         body = {"prompt": PROMPT, "max_tokens": 120, "stream": True}
         with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30) as response:
@@ -294,14 +300,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(tiny_hf_gpt2_vocab_
 
 def test_a_client_that_drops_a_request_while_its_rows_decode_frees_them(tiny_hf_gpt2_vocab_dir: Path) -> None:
     """Not streamed: the server hears of the client's leaving while every step sends events for its rows."""
-    s = Server(tiny_hf_gpt2_vocab_dir, api_key=KEY, max_batch_size=4)  # the key's check in the way too
-    step = s.batcher._step
-
-    def slow_step() -> None:  # 100 tokens take seconds, so the client leaves mid-way
-        time.sleep(0.04)
-        step()
-
-    s.batcher._step = slow_step
+    s = _slow_server(tiny_hf_gpt2_vocab_dir, 0.04, api_key=KEY, max_batch_size=4)  # the key's check in the way too
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(s.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 100, "n": 4}, timeout=1,
