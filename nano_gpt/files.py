@@ -159,8 +159,11 @@ def remove_stale_temps(folder: Path) -> list[Path]:
                 continue
             target = folder / temp.group(1)
             if temp.group(2) == ASIDE_MARK and not os.path.lexists(target):
-                os.rename(folder / name, target)
-                logger.warning("put back %s, which a killed process had moved aside to replace it", target)
+                try:
+                    os.rename(folder / name, target)
+                    logger.warning("put back %s, which a killed process had moved aside to replace it", target)
+                except OSError as e:  # left where it is, never deleted: it is the only copy
+                    logger.warning("cannot put back %s from %s (%s)", target, name, e.strerror)
             else:
                 _remove(folder / name)
                 removed.append(folder / name)
