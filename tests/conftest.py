@@ -180,6 +180,15 @@ def tiny_train_config(tiny: dict, dataset_dir: Path, checkpoint_dir: Path, **ove
     return TrainConfig(**{**tiny, "dataset_dir": str(dataset_dir), "checkpoint_dir": str(checkpoint_dir), **overrides})
 
 
+def finished_tiny_run(tiny: dict, dataset_dir: Path, factory: pytest.TempPathFactory) -> Path:
+    """A run folder holding a finished run of the `tiny` settings: its checkpoint and its log."""
+    from nano_gpt.train import train
+
+    folder = factory.mktemp("finished")
+    train(tiny_train_config(tiny, dataset_dir, folder))
+    return folder
+
+
 def tiny_train_args(tiny: dict, dataset_dir: Path, checkpoint_dir: Path, *extra: str) -> list[str]:
     """The same as `nano-gpt train` arguments; `extra` flags replace the settings they name."""
     base = {f"--{k.replace('_', '-')}": v for k, v in tiny.items() if k != "compile"}

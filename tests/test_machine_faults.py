@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, files_under, run_cli_here, tiny_train_args, tiny_train_config
+from conftest import (assert_one_line_error, files_under, finished_tiny_run, run_cli_here, tiny_train_args,
+                      tiny_train_config)
 from nano_gpt import precision, runlog
 from nano_gpt.checkpoint import read_checkpoint, save_checkpoint
 from nano_gpt.errors import NanoGPTError
@@ -39,9 +40,7 @@ _args = functools.partial(tiny_train_args, TINY)
 @pytest.fixture(scope="module")
 def finished_run(tinyshakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding a finished 3-step run: checkpoint_000002.bin and its log."""
-    folder = tmp_path_factory.mktemp("finished")
-    train(_config(tinyshakespeare_dir, folder))
-    return folder
+    return finished_tiny_run(TINY, tinyshakespeare_dir, tmp_path_factory)
 
 
 @pytest.fixture()

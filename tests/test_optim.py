@@ -3,10 +3,8 @@ everything that holds for AdamW (resume after SIGKILL, DDP, fp16, checkpoints ot
 
 import dataclasses
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from nano_gpt.runtime import Runtime
 from nano_gpt.train import TrainConfig, train
 from nano_gpt.train.optim import lr_factor, make_optimizers
 from nano_gpt.train.step import train_step
-from test_train import _cli_args, _config, _initial_weights, _weights
+from test_train import _cli_args, _config, _initial_weights, _weights, sigkill_after
 
 MUON = dict(optimizer="muon", lr_schedule="wsd")
 STEPS = 4
@@ -118,14 +116,7 @@ def test_muon_run_learns_and_its_checkpoint_log_and_card_say_so(muon_run: tuple)
 def test_muon_resume_after_sigkill_matches_the_straight_run(muon_run: tuple, tmp_path: Path) -> None:
     config, losses, checkpoint = muon_run
     killed = dataclasses.replace(config, checkpoint_dir=str(tmp_path), checkpoint_steps=1)
-    proc = subprocess.Popen([sys.executable, "-m", "nano_gpt", *_cli_args(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "checkpoint_000001.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    sigkill_after(killed, "checkpoint_000001.bin")
     resumed = train(dataclasses.replace(killed, resume="auto"))
     assert resumed.losses == losses[-len(resumed.losses):]  # bit-identical
     final, straight = torch.load(resumed.checkpoint, weights_only=True), torch.load(checkpoint, weights_only=True)

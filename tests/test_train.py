@@ -97,17 +97,23 @@ def test_gradient_accumulation_equals_one_big_batch(straight_run: tuple, tmp_pat
     assert max((final[k] - v).abs().max().item() for k, v in _weights(checkpoint).items()) < 1e-4
 
 
-def test_sigkill_mid_run_then_resume_matches_the_straight_run(straight_run: tuple, tmp_path: Path) -> None:
-    config, losses, checkpoint = straight_run
-    killed = dataclasses.replace(config, checkpoint_dir=str(tmp_path), checkpoint_steps=1)
-    proc = subprocess.Popen([sys.executable, "-m", "nano_gpt", *_cli_args(killed)], stdout=subprocess.DEVNULL,
+def sigkill_after(config: TrainConfig, checkpoint: str) -> None:
+    """Run `config` through the CLI in a process of its own and SIGKILL it once `checkpoint` is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "nano_gpt", *_cli_args(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "checkpoint_000002.bin").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (Path(config.checkpoint_dir) / checkpoint).exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def test_sigkill_mid_run_then_resume_matches_the_straight_run(straight_run: tuple, tmp_path: Path) -> None:
+    config, losses, checkpoint = straight_run
+    killed = dataclasses.replace(config, checkpoint_dir=str(tmp_path), checkpoint_steps=1)
+    sigkill_after(killed, "checkpoint_000002.bin")
     assert not (tmp_path / "checkpoint_000005.bin").exists()
     resumed = run_cli(*_cli_args(dataclasses.replace(killed, resume="auto")))
     assert resumed.returncode == 0, resumed.stderr

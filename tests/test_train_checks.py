@@ -11,7 +11,8 @@ import torch
 import typer
 from torch import nn
 
-from conftest import assert_one_line_error, files_under, run_cli_here, tiny_train_args, tiny_train_config
+from conftest import (assert_one_line_error, files_under, finished_tiny_run, run_cli_here, tiny_train_args,
+                      tiny_train_config)
 from nano_gpt.checkpoint import save_checkpoint
 from nano_gpt.cli import app
 from nano_gpt.cli.train import option_name
@@ -34,9 +35,7 @@ _args = functools.partial(tiny_train_args, TINY)
 @pytest.fixture(scope="module")
 def finished_run(tinyshakespeare_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding a finished run's checkpoint and log."""
-    folder = tmp_path_factory.mktemp("finished")
-    train(_config(tinyshakespeare_dir, folder))
-    return folder
+    return finished_tiny_run(TINY, tinyshakespeare_dir, tmp_path_factory)
 
 
 # --- the command line and the config are one source -------------------------------------------------
