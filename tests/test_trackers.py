@@ -2,6 +2,7 @@
 across a resume, read back through each tracker's own reader; failures never cost the run."""
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli_here
+from conftest import assert_one_line_error, run_cli_here, tiny_train_config
 from nano_gpt.errors import NanoGPTError
-from nano_gpt.train import TrainConfig, train
+from nano_gpt.train import train
 from nano_gpt.trackers import RunStart, open_trackers, parse_report_to
 
 TINY = dict(model="gpt2-xxs", dataset="tinyshakespeare", device="cpu", sequence_length=32, micro_batch_size=4,
@@ -24,8 +25,7 @@ TINY = dict(model="gpt2-xxs", dataset="tinyshakespeare", device="cpu", sequence_
             hellaswag_samples=0, compile=False, dtype="float32", checkpoint_steps=2)
 
 
-def _config(dataset_dir: Path, checkpoint_dir: Path, **overrides: object) -> TrainConfig:
-    return TrainConfig(**{**TINY, "dataset_dir": str(dataset_dir), "checkpoint_dir": str(checkpoint_dir), **overrides})
+_config = functools.partial(tiny_train_config, TINY)
 
 
 def _log(checkpoint_dir: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """The training loop on TinyShakespeare with a tiny model: exact resume, accumulation, DDP, compile, errors."""
 
 import dataclasses
+import functools
 import json
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli, run_cli_here, write_hellaswag_file
+from conftest import assert_one_line_error, run_cli, run_cli_here, tiny_train_config, write_hellaswag_file
 from nano_gpt import load_pretrained
 from nano_gpt.cli.train import option_name
 from nano_gpt.errors import NanoGPTError
@@ -22,8 +23,7 @@ TINY = dict(model="gpt2-xxs", dataset="tinyshakespeare", device="cpu", sequence_
             hellaswag_samples=0, compile=False, dtype="float32", checkpoint_steps=1000)
 
 
-def _config(dataset_dir: Path, checkpoint_dir: Path, **overrides: object) -> TrainConfig:
-    return TrainConfig(**{**TINY, "dataset_dir": str(dataset_dir), "checkpoint_dir": str(checkpoint_dir), **overrides})
+_config = functools.partial(tiny_train_config, TINY)
 
 
 def _cli_args(config: TrainConfig) -> list[str]:
